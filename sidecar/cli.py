@@ -1,0 +1,143 @@
+"""The `sidecar` command: run or check a TOML config, or run one role from libev-style flags."""
+
+import argparse
+import base64
+import logging
+import os
+import sys
+from typing import Any
+
+from sidecar import __version__
+from sidecar.config import DEFAULT_METHOD, LOG_LEVELS, Config, default_config, load_config, parse_config
+from sidecar.errors import SidecarError
+from sidecar.proto.ss_aead import METHODS
+from sidecar.roles import build_role
+
+EXIT_CONFIG, EXIT_RUNTIME = 2, 1
+
+DESCRIPTION = """\
+sidecar: one low-memory daemon that plays the Shadowsocks roles (ss-local, ss-server, ss-tunnel)
+and chains them in one process, configured by one TOML file.
+
+  sidecar run                 run the built-in demo: SOCKS5 on 127.0.0.1:1080 through an
+                              in-process ss-server on 127.0.0.1:8388
+  sidecar run -c FILE         run every role in FILE (see conf/ for commented examples)
+  sidecar check -c FILE       validate FILE and print what would listen where
+  sidecar genkey -m METHOD    print a random base64 key for `key = "..."`
+  sidecar ss-local -s HOST -p PORT -l PORT -k PASSWORD -m METHOD [-u]
+                              one role from shadowsocks-libev's own flags (also ss-server, ss-tunnel)
+"""
+
+
+def _libev_parser(sub: Any, role: str, help_text: str) -> None:
+    p = sub.add_parser(role, help=help_text, description=f"{help_text} Flags mirror shadowsocks-libev's {role}.")
+    if role == "ss-server":
+        p.add_argument("-s", dest="server", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    else:
+        p.add_argument("-s", dest="server", required=True, help="ss-server host name or address")
+        p.add_argument("-l", dest="local_port", type=int, required=True, help="local port to listen on")
+        p.add_argument("-b", dest="local_address", default="127.0.0.1", help="local address (default 127.0.0.1)")
+    p.add_argument("-p", dest="server_port", type=int, required=True, help="ss-server port")
+    secret = p.add_mutually_exclusive_group(required=True)
+    secret.add_argument("-k", dest="password", help="password")
+    secret.add_argument("--key", dest="key", help="base64 key instead of a password")
+    p.add_argument("-m", dest="method", default=DEFAULT_METHOD, help=f"cipher (default {DEFAULT_METHOD})")
+    p.add_argument("-t", dest="timeout", type=int, default=60, help="idle timeout in seconds (default 60)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("-u", dest="mode", action="store_const", const="tcp_and_udp", help="relay UDP too")
+    mode.add_argument("-U", dest="mode", action="store_const", const="udp_only", help="relay UDP only")
+    if role == "ss-tunnel":
+        p.add_argument("-L", dest="tunnel_address", required=True, help="target host:port to forward to")
+    p.add_argument("--no-delay", dest="no_delay", action="store_true", default=None, help="set TCP_NODELAY")
+    p.add_argument("--reuse-port", dest="reuse_port", action="store_true", default=None, help="set SO_REUSEPORT")
+    _log_level_option(p)
+
+
+def _log_level_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", choices=LOG_LEVELS, help="override the config's [log] level")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sidecar", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="run the roles in a config file (or the built-in demo)",
+                         description="Run every role in the config. With no -c, run the built-in demo: a SOCKS5 "
+                                     "port on 127.0.0.1:1080 served through an ss-local -> ss-server pair in this "
+                                     "process (try: curl --socks5-hostname 127.0.0.1:1080 http://...). SIGTERM or "
+                                     "SIGINT closes the listeners and drains connections for up to 5 s.")
+    run.add_argument("-c", "--config", metavar="FILE", help="TOML config file (default: the built-in demo)")
+    _log_level_option(run)
+    check = sub.add_parser("check", help="validate a config and print the plan, binding nothing",
+                           description="Validate the config and print what each role would listen on and forward "
+                                       "to. Exits 2 with one line naming the key, the value and the fix if not valid.")
+    check.add_argument("-c", "--config", metavar="FILE", help="TOML config file (default: the built-in demo)")
+    genkey = sub.add_parser("genkey", help="print a random base64 key for a method")
+    genkey.add_argument("-m", dest="method", default=DEFAULT_METHOD, choices=sorted(METHODS))
+    for role, text in (("ss-local", "Run a SOCKS5 front that relays through an ss-server."),
+                       ("ss-server", "Run a Shadowsocks server."),
+                       ("ss-tunnel", "Forward one local port to a fixed target through an ss-server.")):
+        _libev_parser(sub, role, text)
+    return parser
+
+
+def _config_from_flags(args: argparse.Namespace) -> Config:
+    keys = ("server", "server_port", "local_port", "local_address", "password", "key", "method", "timeout",
+            "mode", "tunnel_address", "no_delay", "reuse_port")
+    table = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    return parse_config({args.command: [table]}, f"{args.command} flags")
+
+
+def _load(args: argparse.Namespace) -> Config:
+    if args.command in ("ss-local", "ss-server", "ss-tunnel"):
+        return _config_from_flags(args)
+    return load_config(args.config) if args.config else default_config()
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+def _check(config: Config) -> int:
+    print(f"config OK ({config.source}); the plan:")
+    for role_config in config.roles:
+        print(f"  {build_role(role_config).describe()}")
+    return 0
+
+
+def _run(config: Config, level: str | None) -> int:
+    from sidecar.runner import serve  # gevent is imported only when something runs
+
+    _setup_logging(level or config.log_level)
+    if config.source.startswith("built-in"):
+        logging.getLogger("sidecar").info(
+            "no config file given: running the built-in demo. Try: curl --socks5-hostname 127.0.0.1:1080 URL")
+    return serve(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return EXIT_CONFIG
+    if args.command == "genkey":
+        print(base64.b64encode(os.urandom(METHODS[args.method].key_len)).decode())
+        return 0
+    try:
+        config = _load(args)
+    except SidecarError as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        return _check(config)
+    try:
+        return _run(config, args.log_level)
+    except SidecarError as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())

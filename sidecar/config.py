@@ -1,0 +1,244 @@
+"""The TOML config: every role the process runs, validated as a whole before anything binds.
+
+Role tables use shadowsocks-libev's JSON key names (`server`, `server_port`, `local_address`,
+`local_port`, `password`, `key`, `method`, `timeout`, `mode`), so a libev config reads the same.
+"""
+
+import ipaddress
+import secrets
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sidecar.config_reader import Section
+from sidecar.errors import ConfigError
+from sidecar.proto.ss_aead import Cipher, decode_base64_key, method_by_name
+
+MODES = ("tcp_only", "tcp_and_udp", "udp_only")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_METHOD = "chacha20-ietf-poly1305"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SsCommon:
+    """What every Shadowsocks role shares."""
+
+    role: str
+    path: str
+    name: str
+    cipher: Cipher
+    mode: str
+    timeout_s: float
+    no_delay: bool
+    reuse_port: bool
+    max_connections: int
+
+    @property
+    def tcp(self) -> bool:
+        return self.mode != "udp_only"
+
+    @property
+    def udp(self) -> bool:
+        return self.mode != "tcp_only"
+
+
+@dataclass(frozen=True)
+class SsLocalConfig(SsCommon):
+    listen: Endpoint
+    server: Endpoint
+    socks_users: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class SsTunnelConfig(SsCommon):
+    listen: Endpoint
+    server: Endpoint
+    tunnel: Endpoint = Endpoint("127.0.0.1", 53)
+
+
+@dataclass(frozen=True)
+class SsServerConfig(SsCommon):
+    listen: Endpoint
+    replay_capacity: int = 100_000
+    replay_window_s: float = 3600.0
+    probe_delay_s: tuple[float, float] = (10.0, 40.0)
+
+
+RoleConfig = SsLocalConfig | SsTunnelConfig | SsServerConfig
+
+
+@dataclass(frozen=True)
+class Config:
+    roles: list[RoleConfig]
+    log_level: str = "info"
+    source: str = "built-in default"
+
+
+def _common(section: Section, role: str, index: int) -> dict[str, Any]:
+    method = method_by_name(section.get("method", str, DEFAULT_METHOD), section.key("method"))
+    if section.has("password") == section.has("key"):
+        raise ConfigError(section.key("password"), None,
+                          'give exactly one of password = "..." or key = "<base64>" (see `sidecar genkey`)')
+    if section.has("key"):
+        master = decode_base64_key(section.get("key", str), method.key_len, section.key("key"))
+        cipher = Cipher(method, master)
+    else:
+        password = section.get("password", str)
+        if not password:
+            raise ConfigError(section.key("password"), password, "use a non-empty password")
+        cipher = Cipher.from_password(method, password)
+    return {
+        "role": role,
+        "path": section.path,
+        "name": section.get("name", str, f"{role}[{index}]"),
+        "cipher": cipher,
+        "mode": section.choice("mode", MODES, "tcp_only"),
+        "timeout_s": section.number("timeout", float, 60.0, 1, 86400),
+        "no_delay": section.get("no_delay", bool, True),
+        "reuse_port": section.get("reuse_port", bool, False),
+        "max_connections": section.number("max_connections", int, 1024, 1, 1_000_000),
+    }
+
+
+def _endpoint(section: Section, host_key: str, port_key: str, *, bind: bool, host_default: Any = None) -> Endpoint:
+    read_host = section.ip if bind else section.host
+    host = read_host(host_key) if host_default is None else read_host(host_key, host_default)
+    return Endpoint(host, section.port(port_key))
+
+
+def _target(section: Section, name: str) -> Endpoint:
+    value = section.get(name, str, example='"8.8.8.8:53"')
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(section.key(name), value, 'write it as "host:port", e.g. "8.8.8.8:53" or "[::1]:53"')
+    return Endpoint(host, int(port))
+
+
+def _ss_local(section: Section, index: int) -> SsLocalConfig:
+    users = section.get("socks_users", dict, None)
+    if users is not None and not all(isinstance(v, str) for v in users.values()):
+        raise ConfigError(section.key("socks_users"), users, 'map user names to passwords, e.g. { alice = "pw" }')
+    return SsLocalConfig(
+        **_common(section, "ss-local", index),
+        listen=_endpoint(section, "local_address", "local_port", bind=True, host_default="127.0.0.1"),
+        server=_endpoint(section, "server", "server_port", bind=False),
+        socks_users=users,
+    )
+
+
+def _ss_tunnel(section: Section, index: int) -> SsTunnelConfig:
+    return SsTunnelConfig(
+        **_common(section, "ss-tunnel", index),
+        listen=_endpoint(section, "local_address", "local_port", bind=True, host_default="127.0.0.1"),
+        server=_endpoint(section, "server", "server_port", bind=False),
+        tunnel=_target(section, "tunnel_address"),
+    )
+
+
+def _ss_server(section: Section, index: int) -> SsServerConfig:
+    low = section.number("probe_delay_min_s", float, 10.0, 0, 600)
+    high = section.number("probe_delay_max_s", float, 40.0, low, 3600)
+    return SsServerConfig(
+        **_common(section, "ss-server", index),
+        listen=_endpoint(section, "server", "server_port", bind=True, host_default="0.0.0.0"),
+        replay_capacity=section.number("replay_capacity", int, 100_000, 100, 10_000_000),
+        replay_window_s=section.number("replay_window_s", float, 3600.0, 1, 7 * 86400),
+        probe_delay_s=(low, high),
+    )
+
+
+ROLE_BUILDERS = {"ss-local": _ss_local, "ss-tunnel": _ss_tunnel, "ss-server": _ss_server}
+
+
+def parse_config(doc: dict[str, Any], source: str) -> Config:
+    """A validated Config from a parsed TOML document; raises ConfigError on the first problem."""
+    top = Section("", doc)
+    log = Section("log", top.get("log", dict, {}))
+    level = log.choice("level", LOG_LEVELS, "info")
+    log.finish()
+    roles: list[RoleConfig] = []
+    for role, build in ROLE_BUILDERS.items():
+        tables = top.get(role, (list, dict), [])  # type: ignore[arg-type]
+        for index, table in enumerate([tables] if isinstance(tables, dict) else tables):
+            if not isinstance(table, dict):
+                raise ConfigError(role, table, f"write each role as a table: [[{role}]]")
+            section = Section(f"{role}[{index}]", table)
+            roles.append(build(section, index))
+            section.finish()
+    _finish_top(top, doc)
+    if not roles:
+        tables = ", ".join(f"[[{r}]]" for r in ROLE_BUILDERS)
+        raise ConfigError("(roles)", None, f"configure at least one role: {tables}")
+    check_port_clashes(roles)
+    return Config(roles=roles, log_level=level, source=source)
+
+
+def _finish_top(top: Section, doc: dict[str, Any]) -> None:
+    try:
+        top.finish()
+    except ConfigError as exc:
+        name = exc.key.lstrip(".")
+        raise ConfigError(name, doc[name], f"unknown section; use [log] or one of {', '.join(ROLE_BUILDERS)}") from None
+
+
+def listeners(role: RoleConfig) -> list[tuple[str, Endpoint]]:
+    """The (protocol, endpoint) pairs a role binds."""
+    return [(proto, role.listen) for proto, on in (("tcp", role.tcp), ("udp", role.udp)) if on]
+
+
+def _overlap(a: Endpoint, b: Endpoint) -> bool:
+    if a.port != b.port:
+        return False
+    ia, ib = ipaddress.ip_address(a.host), ipaddress.ip_address(b.host)
+    return ia == ib or (ia.version == ib.version and (ia.is_unspecified or ib.is_unspecified))
+
+
+def check_port_clashes(roles: list[RoleConfig]) -> None:
+    seen: list[tuple[str, Endpoint, str]] = []
+    for role in roles:
+        for proto, endpoint in listeners(role):
+            for other_proto, other, owner in seen:
+                if proto == other_proto and _overlap(endpoint, other):
+                    port_key = "server_port" if role.role == "ss-server" else "local_port"
+                    raise ConfigError(f"{role.path}.{port_key}", endpoint.port,
+                                      f"{proto} {endpoint} is already taken by {owner}; pick another port")
+            seen.append((proto, endpoint, role.name))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML file; a missing file or a TOML syntax error is a ConfigError too."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("-c", str(path), f"cannot read the file ({exc.strerror}); check the path") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("(file)", str(path), f"not valid TOML: {exc}") from None
+    return parse_config(doc, str(path))
+
+
+def default_config() -> Config:
+    """The built-in demo: SOCKS5 on 127.0.0.1:1080 through an in-process ss-server on 127.0.0.1:8388.
+
+    The password is fresh on every start: both ends live in this process, and nothing else can use it.
+    """
+    password = secrets.token_urlsafe(24)
+    doc = {
+        "ss-server": [{"name": "demo-server", "server": "127.0.0.1", "server_port": 8388, "password": password,
+                       "mode": "tcp_and_udp"}],
+        "ss-local": [{"name": "demo-local", "local_address": "127.0.0.1", "local_port": 1080, "mode": "tcp_and_udp",
+                      "server": "127.0.0.1", "server_port": 8388, "password": password}],
+    }
+    return parse_config(doc, "built-in default (no -c given)")

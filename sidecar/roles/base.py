@@ -1,0 +1,93 @@
+"""What every Shadowsocks-family role shares: binding, its services, counters, logs and shutdown."""
+
+import logging
+
+from gevent import socket
+
+from sidecar.config import RoleConfig
+from sidecar.metrics import Counters
+from sidecar.net.sockets import bind_tcp, bind_udp
+from sidecar.net.tcp_service import TcpService
+from sidecar.net.udp_nat import UdpNat
+from sidecar.net.udp_service import UdpService
+
+COUNTERS = (
+    "connections", "active", "rejected_limit", "errors", "bytes_up", "bytes_down", "connect_failures",
+    "protocol_errors", "auth_failures", "replays", "timeouts", "udp_in", "udp_out", "udp_dropped",
+    "udp_associations", "udp_rejected_limit",
+)
+
+
+class Role:
+    """A configured role: `bind()` takes its ports, `start()` serves them, `stop()` ends it."""
+
+    def __init__(self, config: RoleConfig) -> None:
+        self.config = config
+        self.counters = Counters(COUNTERS)
+        self.log = logging.getLogger(f"sidecar.{config.name}")
+        self._tcp: TcpService | None = None
+        self._udp: UdpService | None = None
+        self._nat: UdpNat | None = None
+
+    def describe(self) -> str:
+        """One line for `sidecar check` and the start-up log."""
+        raise NotImplementedError
+
+    def handle_tcp(self, conn: socket.socket, peer: tuple) -> None:
+        raise NotImplementedError
+
+    def handle_datagram(self, data: bytes, source: tuple) -> None:
+        raise NotImplementedError
+
+    def handle_reply(self, key: tuple, data: bytes, source: tuple) -> None:
+        raise NotImplementedError
+
+    def outbound_udp_socket(self, key: tuple) -> socket.socket:
+        raise NotImplementedError
+
+    def bind(self) -> None:
+        """Take the role's ports; raises OSError (the caller names the role and the port)."""
+        cfg = self.config
+        if cfg.tcp:
+            listener = bind_tcp(cfg.listen, cfg.reuse_port)
+            self._tcp = TcpService(listener, self.handle_tcp, cfg.max_connections, self.counters, self.log,
+                                   cfg.no_delay)
+        if cfg.udp:
+            self._udp = UdpService(bind_udp(cfg.listen, cfg.reuse_port), self.handle_datagram, self.counters,
+                                   self.log)
+            self._nat = UdpNat(self.outbound_udp_socket, self.handle_reply, cfg.timeout_s, cfg.max_connections,
+                               self.counters, self.log)
+
+    def start(self) -> None:
+        for service in (self._tcp, self._udp):
+            if service is not None:
+                service.start()
+        logging.getLogger("sidecar").info("started %s", self.describe())
+
+    def stop_accepting(self) -> None:
+        if self._tcp is not None:
+            self._tcp.stop_accepting()
+        if self._udp is not None:
+            self._udp.stop()
+        if self._nat is not None:
+            self._nat.close_all()
+
+    def drain(self, timeout_s: float) -> int:
+        return self._tcp.drain(timeout_s) if self._tcp is not None else 0
+
+    def close(self) -> None:
+        """Release the ports of a role that was bound but never started."""
+        self.stop_accepting()
+
+    @property
+    def udp_listener(self) -> socket.socket:
+        assert self._udp is not None
+        return self._udp.listener
+
+    @property
+    def nat(self) -> UdpNat:
+        assert self._nat is not None
+        return self._nat
+
+    def protocols(self) -> str:
+        return "+".join(p for p, on in (("tcp", self.config.tcp), ("udp", self.config.udp)) if on)

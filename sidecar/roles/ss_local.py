@@ -1,0 +1,91 @@
+"""ss-local: a SOCKS5 front (TCP CONNECT and UDP ASSOCIATE) whose traffic goes to an ss-server."""
+
+from gevent import socket
+
+from sidecar.config import SsLocalConfig
+from sidecar.errors import ProtocolError
+from sidecar.proto.socks5 import (
+    CMD_UDP_ASSOCIATE,
+    UDP_HEADER_PREFIX,
+    Reply,
+    Socks5Handshake,
+    Socks5Refusal,
+    build_reply,
+    split_udp_datagram,
+)
+from sidecar.proto.socks_addr import encode_addr
+from sidecar.roles.ss_client import SsClientRole, reply_for
+
+HANDSHAKE_TIMEOUT_S = 30.0
+
+
+class SsLocal(SsClientRole):
+    config: SsLocalConfig
+
+    def describe(self) -> str:
+        cfg = self.config
+        auth = "user/password" if cfg.socks_users else "no auth"
+        return (f"{cfg.name}: SOCKS5 ({auth}) on {self.protocols()} {cfg.listen} -> ss-server {cfg.server} "
+                f"({cfg.cipher.method.name})")
+
+    def handle_tcp(self, conn: socket.socket, peer: tuple) -> None:
+        shake = self._handshake(conn, peer)
+        if shake is None or shake.request is None:
+            return
+        request = shake.request
+        if request.command == CMD_UDP_ASSOCIATE:
+            self._hold_udp_association(conn)
+            return
+        try:
+            server = self.connect_server()
+        except OSError as exc:
+            conn.sendall(build_reply(reply_for(exc)))
+            return
+        bound = conn.getsockname()
+        conn.sendall(build_reply(Reply.SUCCEEDED, bound[0], bound[1]))
+        self.relay_through(conn, server, encode_addr(request.host, request.port), shake.leftover)
+
+    def _handshake(self, conn: socket.socket, peer: tuple) -> Socks5Handshake | None:
+        shake = Socks5Handshake(self.config.socks_users)
+        conn.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            while shake.request is None:
+                data = conn.recv(4096)
+                if not data:
+                    return None
+                answer = shake.feed(data)
+                if answer:
+                    conn.sendall(answer)
+        except Socks5Refusal as exc:
+            self.counters["protocol_errors"] += 1
+            self.log.info("refused SOCKS5 client %s: %s", peer[0], exc)
+            conn.sendall(exc.reply)
+            return None
+        except ProtocolError as exc:
+            self.counters["protocol_errors"] += 1
+            self.log.info("bad SOCKS5 handshake from %s: %s", peer[0], exc)
+            return None
+        except OSError:
+            return None
+        return shake
+
+    def _hold_udp_association(self, conn: socket.socket) -> None:
+        """Answer UDP ASSOCIATE with our UDP port, then keep the control connection until the client drops it."""
+        if not self.config.udp:
+            conn.sendall(build_reply(Reply.COMMAND_NOT_SUPPORTED))
+            return
+        bound = conn.getsockname()
+        conn.sendall(build_reply(Reply.SUCCEEDED, bound[0], self.config.listen.port))
+        conn.settimeout(None)
+        try:
+            while conn.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def handle_datagram(self, data: bytes, source: tuple) -> None:
+        self.send_datagram(source, split_udp_datagram(data).tobytes())
+
+    def handle_reply(self, key: tuple, data: bytes, source: tuple) -> None:
+        plaintext, _ = self.open_reply(data)
+        self.udp_listener.sendto(UDP_HEADER_PREFIX + plaintext, key)

@@ -1,0 +1,146 @@
+"""ss-server: the Shadowsocks relay, TCP and UDP, from clients to their targets, hardened against probes."""
+
+import random
+import time
+
+from gevent import socket
+
+from sidecar.config import SsServerConfig
+from sidecar.errors import AuthError, ProtocolError
+from sidecar.net.relay import IdleTimeout, relay
+from sidecar.net.sockets import connect_tcp, describe_os_error
+from sidecar.proto.replay import ReplayFilter
+from sidecar.proto.socks_addr import encode_addr, parse_addr
+from sidecar.proto.ss_aead import TcpDecryptor, TcpEncryptor, decrypt_udp, encrypt_udp
+from sidecar.roles.base import Role
+
+CONNECT_TIMEOUT_S = 10.0
+RECV_SIZE = 65536
+
+
+class SsServer(Role):
+    config: SsServerConfig
+
+    def __init__(self, config: SsServerConfig) -> None:
+        super().__init__(config)
+        self.replay = ReplayFilter(config.replay_capacity, config.replay_window_s)
+
+    def describe(self) -> str:
+        cfg = self.config
+        return (f"{cfg.name}: Shadowsocks server on {self.protocols()} {cfg.listen} ({cfg.cipher.method.name}, "
+                f"replay filter {self.replay.size_bytes // 1024} KiB)")
+
+    def _accept_salt(self, salt: bytes) -> bool:
+        if self.replay.check_and_add(salt, time.monotonic()):
+            return True
+        self.counters["replays"] += 1
+        return False
+
+    def handle_tcp(self, conn: socket.socket, peer: tuple) -> None:
+        cfg = self.config
+        decryptor = TcpDecryptor(cfg.cipher, self._accept_salt)
+        conn.settimeout(cfg.timeout_s)
+        try:
+            head = self._read_header(conn, decryptor)
+        except AuthError as exc:
+            self._deflect_probe(conn, peer, exc)
+            return
+        except ProtocolError as exc:
+            self.counters["protocol_errors"] += 1
+            self.log.info("bad request from %s: %s", peer[0], exc)
+            return
+        except OSError:
+            return
+        if head is None:
+            return
+        host, port, early = head
+        try:
+            target = connect_tcp(host, port, CONNECT_TIMEOUT_S, cfg.no_delay)
+        except OSError as exc:
+            self.counters["connect_failures"] += 1
+            self.log.info("%s -> %s:%d failed: %s", peer[0], host, port, describe_os_error(exc))
+            return
+        self.log.debug("%s -> %s:%d", peer[0], host, port)
+        self._relay(conn, target, decryptor, early)
+
+    def _read_header(self, conn: socket.socket, decryptor: TcpDecryptor) -> tuple[str, int, bytes] | None:
+        """(host, port, data after the address) of a new client stream; None if it closed first."""
+        plaintext = b""
+        while True:
+            data = conn.recv(RECV_SIZE)
+            if not data:
+                return None
+            self.counters["bytes_up"] += len(data)
+            plaintext += decryptor.feed(data)
+            parsed = parse_addr(plaintext)
+            if parsed is not None:
+                host, port, offset = parsed
+                return host, port, plaintext[offset:]
+
+    def _relay(self, conn: socket.socket, target: socket.socket, decryptor: TcpDecryptor, early: bytes) -> None:
+        cfg = self.config
+        try:
+            if early:
+                target.sendall(early)
+            relay(conn, target, decryptor.feed, TcpEncryptor(cfg.cipher).encrypt, cfg.timeout_s, self.counters)
+        except ProtocolError as exc:
+            self.counters["protocol_errors"] += 1
+            self.log.info("bad data mid-stream: %s", exc)
+        except IdleTimeout:
+            self.counters["timeouts"] += 1
+        except OSError as exc:
+            self.log.debug("connection closed: %s", describe_os_error(exc))
+        finally:
+            target.close()
+
+    def _deflect_probe(self, conn: socket.socket, peer: tuple, exc: AuthError) -> None:
+        """Neither answer nor close at once: read and discard for a random time, so a probe learns nothing."""
+        self.counters["auth_failures"] += 1
+        self.log.info("authentication failed from %s (%s): holding the connection silently", peer[0], exc)
+        deadline = time.monotonic() + random.uniform(*self.config.probe_delay_s)
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                conn.settimeout(left)
+                if not conn.recv(RECV_SIZE):
+                    return
+        except OSError:
+            return
+
+    def outbound_udp_socket(self, key: tuple) -> socket.socket:
+        return socket.socket(key[1], socket.SOCK_DGRAM)
+
+    def handle_datagram(self, data: bytes, source: tuple) -> None:
+        cfg = self.config
+        try:
+            salt, plaintext = decrypt_udp(cfg.cipher, data)
+        except AuthError:
+            self.counters["auth_failures"] += 1
+            raise
+        if not self._accept_salt(salt):
+            raise AuthError("replayed UDP salt")
+        parsed = parse_addr(plaintext)
+        if parsed is None:
+            raise ProtocolError("UDP request address truncated")
+        host, port, offset = parsed
+        family, address = _udp_destination(host, port)
+        sock = self.nat.socket_for((source, family))
+        if sock is not None:
+            sock.sendto(memoryview(plaintext)[offset:], address)
+            self.counters["udp_out"] += 1
+
+    def handle_reply(self, key: tuple, data: bytes, source: tuple) -> None:
+        client = key[0]
+        packet = encrypt_udp(self.config.cipher, encode_addr(source[0], source[1]) + data)
+        self.udp_listener.sendto(packet, client)
+
+
+def _udp_destination(host: str, port: int) -> tuple[int, tuple]:
+    """(address family, sockaddr) for a UDP target; names are resolved by gevent's resolver."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return family, (host, port)
+    family, _, _, _, address = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
+    return family, address

@@ -1,0 +1,70 @@
+"""Run a validated config: bind every role first (all or nothing), serve, and stop cleanly on a signal."""
+
+import logging
+import signal
+import time
+
+import gevent
+from gevent.event import Event
+
+from sidecar.config import Config, listeners
+from sidecar.errors import SidecarError
+from sidecar.net.sockets import describe_os_error
+from sidecar.roles import Role, build_role
+
+log = logging.getLogger("sidecar")
+DRAIN_TIMEOUT_S = 5.0
+
+
+class BindError(SidecarError):
+    """A role could not take its port; nothing was started."""
+
+
+def bind_all(config: Config) -> list[Role]:
+    """Every role bound, or none: on the first failure the ports already taken are released."""
+    roles: list[Role] = []
+    try:
+        for role_config in config.roles:
+            role = build_role(role_config)
+            try:
+                role.bind()
+            except OSError as exc:
+                where = ", ".join(f"{proto} {endpoint}" for proto, endpoint in listeners(role_config))
+                raise BindError(f"{role_config.name}: cannot listen on {where}: {describe_os_error(exc)} "
+                                "(another process on that port? change the port in the config)") from None
+            roles.append(role)
+    except BaseException:
+        for role in roles:
+            role.close()
+        raise
+    return roles
+
+
+def serve(config: Config, ready: Event | None = None) -> int:
+    """Run until SIGTERM or SIGINT; returns the exit status."""
+    roles = bind_all(config)
+    stop = Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stop.set)
+    log.info("config: %s", config.source)
+    for role in roles:
+        role.start()
+    log.info("sidecar ready: %d role(s) running", len(roles))
+    if ready is not None:
+        ready.set()
+    stop.wait()
+    shutdown(roles)
+    return 0
+
+
+def shutdown(roles: list[Role]) -> None:
+    log.info("stopping: listeners closed, draining connections for up to %.0f s", DRAIN_TIMEOUT_S)
+    for role in roles:
+        role.stop_accepting()
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    for role in roles:
+        killed = role.drain(max(0.0, deadline - time.monotonic()))
+        if killed:
+            log.info("%s: closed %d connection(s) still open after the drain", role.config.name, killed)
+        log.info("%s counters: %s", role.config.name, role.counters.line())
+    log.info("stopped")
