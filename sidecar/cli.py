@@ -20,7 +20,7 @@ sidecar: one low-memory daemon that plays the Shadowsocks roles (ss-local, ss-se
 and chains them in one process, configured by one TOML file.
 
   sidecar run                 run the built-in demo: SOCKS5 on 127.0.0.1:1080 through an
-                              in-process ss-server on 127.0.0.1:8388
+                              in-process ss-server on 127.0.0.1:18388
   sidecar run -c FILE         run every role in FILE (see conf/ for commented examples)
   sidecar check -c FILE       validate FILE and print what would listen where
   sidecar genkey -m METHOD    print a random base64 key for `key = "..."`

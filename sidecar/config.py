@@ -230,15 +230,15 @@ def load_config(path: str | Path) -> Config:
 
 
 def default_config() -> Config:
-    """The built-in demo: SOCKS5 on 127.0.0.1:1080 through an in-process ss-server on 127.0.0.1:8388.
+    """The built-in demo: SOCKS5 on 127.0.0.1:1080 through an in-process ss-server on 127.0.0.1:18388.
 
     The password is fresh on every start: both ends live in this process, and nothing else can use it.
     """
     password = secrets.token_urlsafe(24)
     doc = {
-        "ss-server": [{"name": "demo-server", "server": "127.0.0.1", "server_port": 8388, "password": password,
+        "ss-server": [{"name": "demo-server", "server": "127.0.0.1", "server_port": 18388, "password": password,
                        "mode": "tcp_and_udp"}],
         "ss-local": [{"name": "demo-local", "local_address": "127.0.0.1", "local_port": 1080, "mode": "tcp_and_udp",
-                      "server": "127.0.0.1", "server_port": 8388, "password": password}],
+                      "server": "127.0.0.1", "server_port": 18388, "password": password}],
     }
     return parse_config(doc, "built-in default (no -c given)")

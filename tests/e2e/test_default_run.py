@@ -1,0 +1,31 @@
+"""`sidecar run` with no config file: the built-in demo serves curl through our own SS pair."""
+
+import http.server
+import shutil
+import subprocess
+import sys
+import threading
+
+from tests.helpers import Process, require, wait_for_port
+
+
+def test_curl_through_the_builtin_demo(tmp_path):
+    require(shutil.which("curl") is not None, "curl is not installed")
+    (tmp_path / "page.html").write_text("hello from the target\n")
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    demo = Process([sys.executable, "-m", "sidecar", "run"], tmp_path / "demo.log")
+    try:
+        wait_for_port(1080)
+        url = f"http://localhost:{web.server_address[1]}/page.html"
+        out = subprocess.run(["curl", "-sS", "--max-time", "10", "--socks5-hostname", "127.0.0.1:1080", url],
+                             capture_output=True, text=True, timeout=20)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "hello from the target\n"
+    finally:
+        log = demo.stop()
+        web.shutdown()
+    assert demo.proc.returncode == 0
+    assert "built-in demo" in log and "stopped" in log
+    assert "Traceback" not in log
