@@ -22,6 +22,10 @@ setup(
         # OpenSSL AEAD: ~60x less per-call overhead than pycryptodome (see sidecar/proto/aead.py);
         # optional at run time, so routers without it fall back to pycryptodome.
         "cryptography>=41",
+        # kcptun's snappy stream compression: cramjam for the snappy block codec (Rust, wheels for
+        # many arches), crc32c for the framing format's CRC-32C (hardware-accelerated, C fallback).
+        "cramjam>=2.6",
+        "crc32c>=2.3",
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "ruff>=0.5"],
