@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Protocol
 
 from sidecar.errors import AuthError
-from sidecar.proto.crypto_backend import AES, ChaCha20_Poly1305
 
 try:
     from cryptography.exceptions import InvalidTag
@@ -69,12 +68,16 @@ class CryptodomeAead:
 
 def new_aead(family: str, key: bytes, *, prefer_openssl: bool = True) -> Aead:
     """An AEAD for `family` ("aes-gcm", "chacha20-poly1305" or "xchacha20-poly1305") keyed with `key`."""
-    if family == "aes-gcm":
-        if prefer_openssl and AESGCM is not None:
-            return OpenSslAead(AESGCM(key))
-        return CryptodomeAead(lambda nonce: AES.new(key, AES.MODE_GCM, nonce=nonce, mac_len=TAG_LEN))
-    if family == "chacha20-poly1305" and prefer_openssl and ChaCha20Poly1305 is not None:
+    if prefer_openssl and family == "aes-gcm" and AESGCM is not None:
+        return OpenSslAead(AESGCM(key))
+    if prefer_openssl and family == "chacha20-poly1305" and ChaCha20Poly1305 is not None:
         return OpenSslAead(ChaCha20Poly1305(key))
+    # Imported here, not at the top: pycryptodome (with cffi) costs ~14 MB of RSS, which a process
+    # that has `cryptography` and no xchacha20 never needs to pay.
+    from sidecar.proto.crypto_backend import AES, ChaCha20_Poly1305
+
+    if family == "aes-gcm":
+        return CryptodomeAead(lambda nonce: AES.new(key, AES.MODE_GCM, nonce=nonce, mac_len=TAG_LEN))
     if family in ("chacha20-poly1305", "xchacha20-poly1305"):
         return CryptodomeAead(lambda nonce: ChaCha20_Poly1305.new(key=key, nonce=nonce))
     raise ValueError(f"unknown AEAD family {family!r}")

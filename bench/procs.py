@@ -1,0 +1,89 @@
+"""Starting contender processes and reading their memory and CPU from /proc."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise KeyError(field_name)
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Contender:
+    """A named set of processes that expose a SOCKS5 port (None for the direct floor)."""
+
+    name: str
+    socks_port: int | None
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def rss_kib(self, field_name: str = "VmRSS") -> int:
+        return sum(rss_kib(pid, field_name) for pid in self.pids)
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def spawn(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+
+def ss_pair(name: str, method: str, password: str = "bench-password") -> Contender:
+    """An ss-local + ss-server pair of one implementation ("sidecar" or "libev"), as two processes."""
+    server_port, socks_port = free_port(), free_port()
+    if name == "sidecar":
+        base = [sys.executable, "-m", "sidecar"]
+        server = base + ["ss-server", "--log-level", "warning"]
+        local = base + ["ss-local", "--log-level", "warning"]
+    else:
+        server, local = [shutil.which("ss-server") or "ss-server"], [shutil.which("ss-local") or "ss-local"]
+    common = ["-p", str(server_port), "-k", password, "-m", method]
+    procs = [spawn(server + ["-s", "127.0.0.1", *common])]
+    wait_for_port(server_port)
+    procs.append(spawn(local + ["-s", "127.0.0.1", "-b", "127.0.0.1", "-l", str(socks_port), *common]))
+    wait_for_port(socks_port)
+    return Contender(name, socks_port, procs)
