@@ -13,8 +13,8 @@ def family_of(host: str) -> int:
     return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
 
 
-def _new(endpoint: Endpoint, kind: int, reuse_port: bool) -> socket.socket:
-    sock = socket.socket(family_of(endpoint.host), kind)
+def bind_tcp(endpoint: Endpoint, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
+    sock = socket.socket(family_of(endpoint.host), socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
@@ -22,20 +22,11 @@ def _new(endpoint: Endpoint, kind: int, reuse_port: bool) -> socket.socket:
         if sock.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((endpoint.host, endpoint.port))
+        sock.listen(backlog)
     except OSError:
         sock.close()
         raise
     return sock
-
-
-def bind_tcp(endpoint: Endpoint, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
-    sock = _new(endpoint, socket.SOCK_STREAM, reuse_port)
-    sock.listen(backlog)
-    return sock
-
-
-def bind_udp(endpoint: Endpoint, reuse_port: bool = False) -> socket.socket:
-    return _new(endpoint, socket.SOCK_DGRAM, reuse_port)
 
 
 def connect_tcp(host: str, port: int, timeout_s: float, no_delay: bool) -> socket.socket:

@@ -1,36 +1,39 @@
-"""A UDP NAT table: one outbound socket per client key, a greenlet reading its replies, idle expiry."""
+"""A UDP NAT table: one outbound socket per client key, replies read by a watcher, idle expiry by a sweeper."""
 
-import contextlib
 import logging
-import time
+import socket
 from collections.abc import Callable, Hashable
 
-import gevent
-from gevent import socket
+from gevent.hub import get_hub
 
-from sidecar.errors import ProtocolError
 from sidecar.metrics import Counters
+from sidecar.net.udp_service import drain
 
 ReplyHandler = Callable[[Hashable, bytes, tuple], None]
-RECV_SIZE = 65536
+_READ = 1
 
 
 class _Association:
-    __slots__ = ("sock", "last", "reader")
+    __slots__ = ("sock", "last", "watcher")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
-        self.last = time.monotonic()
-        self.reader: gevent.Greenlet | None = None
+        self.last = now
+        self.watcher = get_hub().loop.io(sock.fileno(), _READ)
+
+    def close(self) -> None:
+        self.watcher.stop()
+        self.watcher.close()
+        self.sock.close()
 
 
 class UdpNat:
     """Maps a client key (its address) to an outbound socket; replies go to `on_reply(key, data, source)`.
 
-    An entry lives while either direction moved a packet within `timeout_s`. At `max_entries`, new
-    clients are dropped and counted as `udp_rejected_limit`. A reply whose handler raises
-    ProtocolError is dropped and counted as `udp_dropped`. Counters also needs `udp_associations`
-    and `errors`.
+    `make_socket(key)` returns a plain non-blocking socket. An entry lives while either direction
+    moved a packet within `timeout_s`. At `max_entries`, new clients are dropped and counted as
+    `udp_rejected_limit`. A reply whose handler raises ProtocolError is dropped and counted as
+    `udp_dropped`. Counters also needs `udp_in`, `udp_associations` and `errors`.
     """
 
     def __init__(self, make_socket: Callable[[Hashable], socket.socket], on_reply: ReplyHandler,
@@ -42,6 +45,10 @@ class UdpNat:
         self._counters = counters
         self._log = log
         self._table: dict[Hashable, _Association] = {}
+        self._loop = get_hub().loop
+        sweep_every = max(1.0, min(timeout_s / 4, 10.0))
+        self._sweeper = self._loop.timer(sweep_every, sweep_every)
+        self._sweeper.start(self._sweep)
 
     def __len__(self) -> int:
         return len(self._table)
@@ -53,43 +60,31 @@ class UdpNat:
             if len(self._table) >= self._max:
                 self._counters["udp_rejected_limit"] += 1
                 return None
-            entry = _Association(self._make_socket(key))
-            entry.sock.settimeout(self._timeout_s)
+            entry = _Association(self._make_socket(key), self._loop.now())
             self._table[key] = entry
-            entry.reader = gevent.spawn(self._read_replies, key, entry)
+            entry.watcher.start(self._on_readable, key, entry)
             self._counters["udp_associations"] += 1
-        entry.last = time.monotonic()
+        entry.last = self._loop.now()
         return entry.sock
 
-    def _read_replies(self, key: Hashable, entry: _Association) -> None:
-        try:
-            while True:
-                try:
-                    data, source = entry.sock.recvfrom(RECV_SIZE)
-                except TimeoutError:
-                    if time.monotonic() - entry.last >= self._timeout_s:
-                        return
-                    continue
-                entry.last = time.monotonic()
-                try:
-                    self._on_reply(key, data, source)
-                except ProtocolError as exc:
-                    self._counters["udp_dropped"] += 1
-                    self._log.debug("dropped a reply for %s: %s", key, exc)
-        except OSError as exc:
-            self._log.debug("UDP association %s ended: %s", key, exc)
-        except Exception as exc:  # a reply-handler bug must cost one association, never the process
-            self._counters["errors"] += 1
-            self._log.warning("UDP association %s ended by an internal error: %r", key, exc)
-        finally:
-            if self._table.get(key) is entry:
-                del self._table[key]
-            entry.sock.close()
+    def _on_readable(self, key: Hashable, entry: _Association) -> None:
+        entry.last = self._loop.now()
+        if not drain(entry.sock, lambda data, source: self._on_reply(key, data, source), self._counters, self._log):
+            self._drop(key, entry)
+
+    def _sweep(self) -> None:
+        now = self._loop.now()
+        for key, entry in list(self._table.items()):
+            if now - entry.last >= self._timeout_s:
+                self._drop(key, entry)
+
+    def _drop(self, key: Hashable, entry: _Association) -> None:
+        if self._table.get(key) is entry:
+            del self._table[key]
+        entry.close()
 
     def close_all(self) -> None:
-        for entry in list(self._table.values()):
-            if entry.reader is not None:
-                entry.reader.kill(block=False)
-            with contextlib.suppress(OSError):
-                entry.sock.close()
+        self._sweeper.stop()
+        for entry in self._table.values():
+            entry.close()
         self._table.clear()

@@ -1,20 +1,76 @@
-"""A datagram receive loop: each packet goes to a handler; a bad packet is dropped and counted."""
+"""Datagram receive, event-driven: a libev watcher drains the socket and hands each packet to a handler.
+
+Handlers run in the hub, so they must not block: they may send (non-blocking) and spawn greenlets
+for anything slow (name resolution). A bad packet is dropped and counted; nothing else stops.
+"""
 
 import logging
+import socket
 from collections.abc import Callable
 
-import gevent
-from gevent import socket
+from gevent.hub import get_hub
 
 from sidecar.errors import ProtocolError
 from sidecar.metrics import Counters
 
 RECV_SIZE = 65536
+BATCH = 64  # packets read per wake-up before yielding to other watchers
 DatagramHandler = Callable[[bytes, tuple], None]
+_READ = 1
+
+
+def dispatch(handler: DatagramHandler, data: bytes, source: tuple, counters: Counters, log: logging.Logger) -> None:
+    """Run `handler` on one packet; a protocol error, a send failure or a handler bug costs that packet only."""
+    try:
+        handler(data, source)
+    except ProtocolError as exc:
+        counters["udp_dropped"] += 1
+        log.debug("dropped a datagram from %s: %s", source, exc)
+    except OSError as exc:
+        counters["udp_dropped"] += 1
+        log.debug("could not forward a datagram from %s: %s", source, exc)
+    except Exception as exc:
+        counters["errors"] += 1
+        log.warning("datagram from %s dropped by an internal error: %r", source, exc)
+
+
+def drain(sock: socket.socket, handler: DatagramHandler, counters: Counters, log: logging.Logger) -> bool:
+    """Read up to BATCH packets from a non-blocking socket; False if the socket failed."""
+    for _ in range(BATCH):
+        try:
+            data, source = sock.recvfrom(RECV_SIZE)
+        except BlockingIOError:
+            return True
+        except OSError as exc:  # e.g. ECONNREFUSED reported for an earlier send on a connected socket
+            log.debug("UDP receive: %s", exc)
+            return sock.fileno() >= 0
+        counters["udp_in"] += 1
+        dispatch(handler, data, source, counters, log)
+    return True
+
+
+def bind_datagram_socket(family: int, address: tuple, reuse_port: bool) -> socket.socket:
+    """A plain non-blocking UDP socket bound to `address` (the hub's watchers drive it)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 class UdpService:
-    """Reads `listener` and calls `handler(data, source)`; counters needs `udp_in`, `udp_dropped`, `errors`."""
+    """Reads `listener` (a plain non-blocking socket) and calls `handler(data, source)` per packet.
+
+    Counters needs `udp_in`, `udp_dropped` and `errors`.
+    """
 
     def __init__(self, listener: socket.socket, handler: DatagramHandler, counters: Counters,
                  log: logging.Logger) -> None:
@@ -22,35 +78,16 @@ class UdpService:
         self._handler = handler
         self._counters = counters
         self._log = log
-        self._reader: gevent.Greenlet | None = None
+        self._watcher = get_hub().loop.io(listener.fileno(), _READ)
 
     def start(self) -> None:
-        self._reader = gevent.spawn(self._loop)
+        self._watcher.start(self._on_readable)
 
-    def _loop(self) -> None:
-        recvfrom, handler, counters = self.listener.recvfrom, self._handler, self._counters
-        while True:
-            try:
-                data, source = recvfrom(RECV_SIZE)
-            except OSError as exc:
-                if self.listener.fileno() < 0:
-                    return
-                self._log.debug("UDP receive failed: %s", exc)
-                continue
-            counters["udp_in"] += 1
-            try:
-                handler(data, source)
-            except ProtocolError as exc:
-                counters["udp_dropped"] += 1
-                self._log.debug("dropped a datagram from %s: %s", source, exc)
-            except OSError as exc:
-                counters["udp_dropped"] += 1
-                self._log.debug("could not forward a datagram from %s: %s", source, exc)
-            except Exception as exc:  # a handler bug must cost one packet, never the process
-                counters["errors"] += 1
-                self._log.warning("datagram from %s dropped by an internal error: %r", source, exc)
+    def _on_readable(self) -> None:
+        if not drain(self.listener, self._handler, self._counters, self._log):
+            self._watcher.stop()
 
     def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.kill(block=False)
+        self._watcher.stop()
+        self._watcher.close()
         self.listener.close()

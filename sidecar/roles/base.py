@@ -1,15 +1,16 @@
 """What every Shadowsocks-family role shares: binding, its services, counters, logs and shutdown."""
 
 import logging
+import socket
 
-from gevent import socket
+from gevent import socket as gsocket
 
 from sidecar.config import RoleConfig
 from sidecar.metrics import Counters
-from sidecar.net.sockets import bind_tcp, bind_udp
+from sidecar.net.sockets import bind_tcp, family_of
 from sidecar.net.tcp_service import TcpService
 from sidecar.net.udp_nat import UdpNat
-from sidecar.net.udp_service import UdpService
+from sidecar.net.udp_service import UdpService, bind_datagram_socket
 
 COUNTERS = (
     "connections", "active", "rejected_limit", "errors", "bytes_up", "bytes_down", "connect_failures",
@@ -33,16 +34,18 @@ class Role:
         """One line for `sidecar check` and the start-up log."""
         raise NotImplementedError
 
-    def handle_tcp(self, conn: socket.socket, peer: tuple) -> None:
+    def handle_tcp(self, conn: gsocket.socket, peer: tuple) -> None:
         raise NotImplementedError
 
     def handle_datagram(self, data: bytes, source: tuple) -> None:
+        """One datagram from the UDP listener; runs in the hub, so it must not block."""
         raise NotImplementedError
 
     def handle_reply(self, key: tuple, data: bytes, source: tuple) -> None:
         raise NotImplementedError
 
     def outbound_udp_socket(self, key: tuple) -> socket.socket:
+        """A plain non-blocking UDP socket for one NAT entry (it must not block: it runs in the hub)."""
         raise NotImplementedError
 
     def bind(self) -> None:
@@ -53,8 +56,9 @@ class Role:
             self._tcp = TcpService(listener, self.handle_tcp, cfg.max_connections, self.counters, self.log,
                                    cfg.no_delay)
         if cfg.udp:
-            self._udp = UdpService(bind_udp(cfg.listen, cfg.reuse_port), self.handle_datagram, self.counters,
-                                   self.log)
+            listener = bind_datagram_socket(family_of(cfg.listen.host), (cfg.listen.host, cfg.listen.port),
+                                            cfg.reuse_port)
+            self._udp = UdpService(listener, self.handle_datagram, self.counters, self.log)
             self._nat = UdpNat(self.outbound_udp_socket, self.handle_reply, cfg.timeout_s, cfg.max_connections,
                                self.counters, self.log)
 

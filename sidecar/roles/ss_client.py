@@ -1,12 +1,14 @@
 """The client half of a Shadowsocks hop, shared by ss-local and ss-tunnel."""
 
 import errno
+import socket
 
-from gevent import socket
+from gevent import socket as gsocket
 
 from sidecar.config import SsLocalConfig, SsTunnelConfig
 from sidecar.errors import ProtocolError
 from sidecar.net.relay import IdleTimeout, relay
+from sidecar.net.resolver import ResolvedAddress
 from sidecar.net.sockets import connect_tcp, describe_os_error
 from sidecar.proto.socks5 import Reply
 from sidecar.proto.socks_addr import parse_addr
@@ -28,7 +30,20 @@ def reply_for(exc: OSError) -> Reply:
 class SsClientRole(Role):
     config: SsLocalConfig | SsTunnelConfig
 
-    def connect_server(self) -> socket.socket:
+    def __init__(self, config: SsLocalConfig | SsTunnelConfig) -> None:
+        super().__init__(config)
+        self._server_udp = ResolvedAddress(config.server.host, config.server.port, self.log)
+
+    def start(self) -> None:
+        if self.config.udp:
+            self._server_udp.start()
+        super().start()
+
+    def stop_accepting(self) -> None:
+        self._server_udp.stop()
+        super().stop_accepting()
+
+    def connect_server(self) -> gsocket.socket:
         """A TCP connection to the configured ss-server; raises OSError (counted and logged here)."""
         cfg = self.config
         try:
@@ -38,7 +53,7 @@ class SsClientRole(Role):
             self.log.info("cannot reach ss-server %s: %s", cfg.server, describe_os_error(exc))
             raise
 
-    def relay_through(self, conn: socket.socket, server: socket.socket, header: bytes, early: bytes) -> None:
+    def relay_through(self, conn: gsocket.socket, server: gsocket.socket, header: bytes, early: bytes) -> None:
         """Send the target `header` (with early or first client data) and relay until both sides end."""
         cfg = self.config
         encryptor, decryptor = TcpEncryptor(cfg.cipher), TcpDecryptor(cfg.cipher)
@@ -59,9 +74,11 @@ class SsClientRole(Role):
             server.close()
 
     def outbound_udp_socket(self, key: tuple) -> socket.socket:
-        server = self.config.server
-        family, kind, proto, _, address = socket.getaddrinfo(server.host, server.port, 0, socket.SOCK_DGRAM)[0]
-        sock = socket.socket(family, kind, proto)
+        if self._server_udp.address is None:
+            raise ProtocolError(f"ss-server {self.config.server.host} not resolved yet")
+        family, address = self._server_udp.address
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
         sock.connect(address)
         return sock
 
@@ -81,7 +98,7 @@ class SsClientRole(Role):
         return plaintext, parsed[2]
 
 
-def _first_data(conn: socket.socket) -> bytes:
+def _first_data(conn: gsocket.socket) -> bytes:
     """Client data already on its way, so the address header does not travel alone; b"" if none comes soon."""
     saved = conn.gettimeout()
     conn.settimeout(FIRST_DATA_WAIT_S)

@@ -1,13 +1,16 @@
 """ss-server: the Shadowsocks relay, TCP and UDP, from clients to their targets, hardened against probes."""
 
 import random
+import socket
 import time
 
-from gevent import socket
+import gevent
+from gevent import socket as gsocket
 
 from sidecar.config import SsServerConfig
 from sidecar.errors import AuthError, ProtocolError
 from sidecar.net.relay import IdleTimeout, relay
+from sidecar.net.resolver import literal_address
 from sidecar.net.sockets import connect_tcp, describe_os_error
 from sidecar.proto.replay import ReplayFilter
 from sidecar.proto.socks_addr import encode_addr, parse_addr
@@ -36,7 +39,7 @@ class SsServer(Role):
         self.counters["replays"] += 1
         return False
 
-    def handle_tcp(self, conn: socket.socket, peer: tuple) -> None:
+    def handle_tcp(self, conn: gsocket.socket, peer: tuple) -> None:
         cfg = self.config
         decryptor = TcpDecryptor(cfg.cipher, self._accept_salt)
         conn.settimeout(cfg.timeout_s)
@@ -63,7 +66,7 @@ class SsServer(Role):
         self.log.debug("%s -> %s:%d", peer[0], host, port)
         self._relay(conn, target, decryptor, early)
 
-    def _read_header(self, conn: socket.socket, decryptor: TcpDecryptor) -> tuple[str, int, bytes] | None:
+    def _read_header(self, conn: gsocket.socket, decryptor: TcpDecryptor) -> tuple[str, int, bytes] | None:
         """(host, port, data after the address) of a new client stream; None if it closed first."""
         plaintext = b""
         while True:
@@ -77,7 +80,7 @@ class SsServer(Role):
                 host, port, offset = parsed
                 return host, port, plaintext[offset:]
 
-    def _relay(self, conn: socket.socket, target: socket.socket, decryptor: TcpDecryptor, early: bytes) -> None:
+    def _relay(self, conn: gsocket.socket, target: gsocket.socket, decryptor: TcpDecryptor, early: bytes) -> None:
         cfg = self.config
         try:
             if early:
@@ -93,7 +96,7 @@ class SsServer(Role):
         finally:
             target.close()
 
-    def _deflect_probe(self, conn: socket.socket, peer: tuple, exc: AuthError) -> None:
+    def _deflect_probe(self, conn: gsocket.socket, peer: tuple, exc: AuthError) -> None:
         """Neither answer nor close at once: read and discard for a random time, so a probe learns nothing."""
         self.counters["auth_failures"] += 1
         self.log.info("authentication failed from %s (%s): holding the connection silently", peer[0], exc)
@@ -107,7 +110,9 @@ class SsServer(Role):
             return
 
     def outbound_udp_socket(self, key: tuple) -> socket.socket:
-        return socket.socket(key[1], socket.SOCK_DGRAM)
+        sock = socket.socket(key[1], socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        return sock
 
     def handle_datagram(self, data: bytes, source: tuple) -> None:
         cfg = self.config
@@ -122,25 +127,29 @@ class SsServer(Role):
         if parsed is None:
             raise ProtocolError("UDP request address truncated")
         host, port, offset = parsed
-        family, address = _udp_destination(host, port)
-        sock = self.nat.socket_for((source, family))
+        destination = literal_address(host, port)
+        if destination is None:  # a name: resolve off the hub, then send
+            gevent.spawn(self._resolve_and_send, source, host, port, plaintext[offset:])
+        else:
+            self._send_udp(source, destination, memoryview(plaintext)[offset:])
+
+    def _send_udp(self, client: tuple, destination: tuple[int, tuple], payload: bytes | memoryview) -> None:
+        family, address = destination
+        sock = self.nat.socket_for((client, family))
         if sock is not None:
-            sock.sendto(memoryview(plaintext)[offset:], address)
+            sock.sendto(payload, address)
             self.counters["udp_out"] += 1
+
+    def _resolve_and_send(self, client: tuple, host: str, port: int, payload: bytes) -> None:
+        try:
+            family, _, _, _, address = gsocket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
+            self._send_udp(client, (family, address), payload)
+        except OSError as exc:
+            self.counters["udp_dropped"] += 1
+            self.log.debug("UDP to %s:%d dropped: %s", host, port, exc)
 
     def handle_reply(self, key: tuple, data: bytes, source: tuple) -> None:
         client = key[0]
         packet = encrypt_udp(self.config.cipher, encode_addr(source[0], source[1]) + data)
         self.udp_listener.sendto(packet, client)
 
-
-def _udp_destination(host: str, port: int) -> tuple[int, tuple]:
-    """(address family, sockaddr) for a UDP target; names are resolved by gevent's resolver."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-        except OSError:
-            continue
-        return family, (host, port)
-    family, _, _, _, address = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
-    return family, address
