@@ -6,8 +6,10 @@ import socket
 from gevent import socket as gsocket
 
 from sidecar.config import RoleConfig
+from sidecar.errors import ProtocolError
 from sidecar.metrics import Counters
-from sidecar.net.sockets import bind_tcp, family_of
+from sidecar.net.relay import IdleTimeout, Transform, relay
+from sidecar.net.sockets import bind_tcp, describe_os_error, family_of
 from sidecar.net.tcp_service import TcpService
 from sidecar.net.udp_nat import UdpNat
 from sidecar.net.udp_service import UdpService, bind_datagram_socket
@@ -47,6 +49,19 @@ class Role:
     def outbound_udp_socket(self, key: tuple) -> socket.socket:
         """A plain non-blocking UDP socket for one NAT entry (it must not block: it runs in the hub)."""
         raise NotImplementedError
+
+    def relay_counted(self, a: gsocket.socket, b: gsocket.socket, a_to_b: Transform | None,
+                      b_to_a: Transform | None, bad_data: str) -> None:
+        """Relay a <-> b until done; how it ended is counted and logged (`bad_data` names the culprit)."""
+        try:
+            relay(a, b, a_to_b, b_to_a, self.config.timeout_s, self.counters)
+        except ProtocolError as exc:
+            self.counters["protocol_errors"] += 1
+            self.log.warning("%s: %s", bad_data, exc)
+        except IdleTimeout:
+            self.counters["timeouts"] += 1
+        except OSError as exc:
+            self.log.debug("connection closed: %s", describe_os_error(exc))
 
     def bind(self) -> None:
         """Take the role's ports; raises OSError (the caller names the role and the port)."""

@@ -7,7 +7,6 @@ from gevent import socket as gsocket
 
 from sidecar.config import SsLocalConfig, SsTunnelConfig
 from sidecar.errors import ProtocolError
-from sidecar.net.relay import IdleTimeout, relay
 from sidecar.net.resolver import ResolvedAddress
 from sidecar.net.sockets import connect_tcp, describe_os_error
 from sidecar.proto.socks5 import Reply
@@ -59,19 +58,15 @@ class SsClientRole(Role):
         encryptor, decryptor = TcpEncryptor(cfg.cipher), TcpDecryptor(cfg.cipher)
         if not early:
             early = _first_data(conn)
-        server.sendall(encryptor.encrypt(header + early))
-        self.counters["bytes_up"] += len(early)
         try:
-            relay(conn, server, encryptor.encrypt, decryptor.feed, cfg.timeout_s, self.counters)
-        except ProtocolError as exc:
-            self.counters["protocol_errors"] += 1
-            self.log.warning("bad data from ss-server %s (wrong password or method?): %s", cfg.server, exc)
-        except IdleTimeout:
-            self.counters["timeouts"] += 1
+            server.sendall(encryptor.encrypt(header + early))
         except OSError as exc:
-            self.log.debug("connection closed: %s", describe_os_error(exc))
-        finally:
+            self.log.debug("ss-server %s closed at once: %s", cfg.server, describe_os_error(exc))
             server.close()
+            return
+        self.counters["bytes_up"] += len(early)
+        self.relay_counted(conn, server, encryptor.encrypt, decryptor.feed,
+                           f"bad data from ss-server {cfg.server} (wrong password or method?)")
 
     def outbound_udp_socket(self, key: tuple) -> socket.socket:
         if self._server_udp.address is None:

@@ -9,7 +9,6 @@ from gevent import socket as gsocket
 
 from sidecar.config import SsServerConfig
 from sidecar.errors import AuthError, ProtocolError
-from sidecar.net.relay import IdleTimeout, relay
 from sidecar.net.resolver import literal_address
 from sidecar.net.sockets import connect_tcp, describe_os_error
 from sidecar.proto.replay import ReplayFilter
@@ -81,20 +80,15 @@ class SsServer(Role):
                 return host, port, plaintext[offset:]
 
     def _relay(self, conn: gsocket.socket, target: gsocket.socket, decryptor: TcpDecryptor, early: bytes) -> None:
-        cfg = self.config
         try:
             if early:
                 target.sendall(early)
-            relay(conn, target, decryptor.feed, TcpEncryptor(cfg.cipher).encrypt, cfg.timeout_s, self.counters)
-        except ProtocolError as exc:
-            self.counters["protocol_errors"] += 1
-            self.log.info("bad data mid-stream: %s", exc)
-        except IdleTimeout:
-            self.counters["timeouts"] += 1
         except OSError as exc:
-            self.log.debug("connection closed: %s", describe_os_error(exc))
-        finally:
+            self.log.debug("target closed at once: %s", describe_os_error(exc))
             target.close()
+            return
+        self.relay_counted(conn, target, decryptor.feed, TcpEncryptor(self.config.cipher).encrypt,
+                           "bad data mid-stream from a client")
 
     def _deflect_probe(self, conn: gsocket.socket, peer: tuple, exc: AuthError) -> None:
         """Neither answer nor close at once: read and discard for a random time, so a probe learns nothing."""
