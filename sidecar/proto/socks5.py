@@ -59,7 +59,11 @@ class Socks5Handshake:
         self._buf += data
         out = b""
         while self.request is None:
-            reply = self._step()
+            try:
+                reply = self._step()
+            except Socks5Refusal as exc:
+                exc.reply = out + exc.reply  # answers owed to earlier steps of a pipelined handshake
+                raise
             if reply is None:
                 break
             out += reply
@@ -99,8 +103,7 @@ class Socks5Handshake:
         raw = self._take(3 + ulen + buf[2 + ulen])
         user = raw[2 : 2 + ulen].decode("utf-8", "replace")
         password = raw[3 + ulen :].decode("utf-8", "replace")
-        assert self._users is not None
-        if self._users.get(user) != password:
+        if (self._users or {}).get(user) != password:
             raise Socks5Refusal(f"bad credentials for user {user!r}", b"\x01\x01")
         self.username = user
         self._step = self._request

@@ -90,3 +90,10 @@ def test_garbage_raises_only_protocol_errors(data):
         Socks5Handshake().feed(data)
     except ProtocolError:
         pass
+
+
+def test_pipelined_refusal_keeps_the_earlier_answers():
+    shake = Socks5Handshake({"alice": "pw"})
+    with pytest.raises(Socks5Refusal) as info:
+        shake.feed(b"\x05\x01\x02" + b"\x01\x05alice\x03bad")
+    assert info.value.reply == b"\x05\x02\x01\x01"
