@@ -158,3 +158,28 @@ mode = "tcp_and_udp"
         client.stop()
         server.stop()
         ours.stop()
+
+
+def test_libev_flags_drive_our_roles(tmp_path, targets):
+    """`sidecar ss-server` and `sidecar ss-local` take libev's own flags, and meet libev in the middle."""
+    import sys
+
+    libev_server, our_server, our_local, libev_local = free_port(), free_port(), free_port(), free_port()
+    method = "chacha20-ietf-poly1305"
+    ours = [
+        Process([sys.executable, "-m", "sidecar", "ss-server", "-s", "127.0.0.1", "-p", str(our_server),
+                 "-k", PASSWORD, "-m", method, "-u"], tmp_path / "flags-server.log"),
+        Process([sys.executable, "-m", "sidecar", "ss-local", "-s", "127.0.0.1", "-p", str(libev_server),
+                 "-l", str(our_local), "-k", PASSWORD, "-m", method, "-u"], tmp_path / "flags-local.log"),
+    ]
+    theirs = [libev("ss-server", tmp_path, "-s", "127.0.0.1", "-p", str(libev_server), "-m", method),
+              libev("ss-local", tmp_path, "-s", "127.0.0.1", "-p", str(our_server), "-b", "127.0.0.1",
+                    "-l", str(libev_local), "-m", method)]
+    try:
+        for port in (our_server, our_local, libev_server, libev_local):
+            wait_for_port(port)
+        for socks_port in (our_local, libev_local):
+            assert_tcp_and_udp(socks_port, targets)
+    finally:
+        for proc in theirs + ours:
+            proc.stop()
