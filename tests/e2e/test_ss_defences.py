@@ -4,6 +4,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -146,3 +147,37 @@ def test_200_concurrent_connections_through_one_ss_local(tmp_path, echo):
         server.stop()
     stats = counters(client_log, "ss-local[0]")
     assert stats["connections"] >= 200 and stats["errors"] == stats["rejected_limit"] == 0
+
+
+def test_udp_garbage_flood_and_replay_are_dropped(tmp_path):
+    from sidecar.proto.ss_aead import encrypt_udp
+    from tests.helpers import UdpEchoServer, socks5_udp_associate, udp_round_trips
+
+    echo_udp = UdpEchoServer()
+    server_port, socks_port = free_port(), free_port()
+    server = start_sidecar(server_config(server_port).replace('method = "', 'mode = "tcp_and_udp"\nmethod = "'),
+                           tmp_path, "server", (server_port,))
+    client = start_sidecar(local_config(socks_port, server_port, "right").replace(
+        'method = "', 'mode = "tcp_and_udp"\nmethod = "'), tmp_path, "client", (socks_port,))
+    cipher = Cipher.from_password(METHODS[METHOD], "right")
+    replayed = encrypt_udp(cipher, encode_addr("127.0.0.1", echo_udp.port) + b"once")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood:
+            for i in range(3000):
+                flood.sendto(os.urandom(20 + i % 1400), ("127.0.0.1", server_port))
+                if i % 20 == 0:
+                    time.sleep(0.002)  # stay under the socket buffer: the kernel would drop, uncounted
+            time.sleep(0.2)
+            flood.sendto(replayed, ("127.0.0.1", server_port))
+            flood.sendto(replayed, ("127.0.0.1", server_port))
+        control, relay = socks5_udp_associate(socks_port)
+        with control:
+            assert udp_round_trips(relay, echo_udp.port, [b"still", b"works"]) == [b"still", b"works"]
+    finally:
+        log = server.stop()
+        client.stop()
+        echo_udp.close()
+    stats = counters(log, "ss-server[0]")
+    assert stats["auth_failures"] >= 2900  # the garbage, and the replay (a loaded box may lose a few)
+    assert stats["replays"] == 1 and stats["udp_out"] == 3
+    assert "Traceback" not in log
