@@ -7,6 +7,7 @@ import socket as _stdsocket
 from gevent import socket
 
 from sidecar.config import Endpoint
+from sidecar.net.resolver import literal_address
 
 
 def family_of(host: str) -> int:
@@ -30,8 +31,22 @@ def bind_tcp(endpoint: Endpoint, reuse_port: bool = False, backlog: int = 1024) 
 
 
 def connect_tcp(host: str, port: int, timeout_s: float, no_delay: bool) -> socket.socket:
-    """A connected TCP socket (names resolved by gevent's resolver); raises OSError on failure."""
-    sock = socket.create_connection((host, port), timeout=timeout_s)
+    """A connected TCP socket; raises OSError on failure.
+
+    An IP literal is connected directly: gevent's resolver would send even a literal through its
+    thread pool, which costs more than the connect itself on loopback.
+    """
+    literal = literal_address(host, port)
+    if literal is None:
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+    else:
+        sock = socket.socket(literal[0], socket.SOCK_STREAM)
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect(literal[1])
+        except BaseException:
+            sock.close()
+            raise
     if no_delay:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock

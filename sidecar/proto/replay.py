@@ -24,20 +24,23 @@ class BloomFilter:
         self._key = key
         self.count = 0
 
-    def _positions(self, item: bytes) -> list[int]:
+    def positions(self, item: bytes) -> list[int]:
         """k bit positions by double hashing (Kirsch-Mitzenmacher) of one keyed 128-bit digest."""
         digest = hashlib.blake2b(item, key=self._key, digest_size=16).digest()
         h1, h2 = int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little") | 1
         nbits = self._nbits
         return [(h1 + i * h2) % nbits for i in range(self._hashes)]
 
-    def __contains__(self, item: bytes) -> bool:
+    def has(self, positions: list[int]) -> bool:
         bits = self._bits
-        return all(bits[p >> 3] & (1 << (p & 7)) for p in self._positions(item))
+        for p in positions:  # noqa: SIM110 - a plain loop: no generator per lookup
+            if not bits[p >> 3] & (1 << (p & 7)):
+                return False
+        return True
 
-    def add(self, item: bytes) -> None:
+    def add(self, positions: list[int]) -> None:
         bits = self._bits
-        for p in self._positions(item):
+        for p in positions:
             bits[p >> 3] |= 1 << (p & 7)
         self.count += 1
 
@@ -63,7 +66,8 @@ class ReplayFilter:
 
     def check_and_add(self, salt: bytes, now: float) -> bool:
         current, older = self._filters
-        if salt in current or salt in older:
+        positions = current.positions(salt)  # both filters share size and key, so one set of positions
+        if current.has(positions) or older.has(positions):
             self.replays += 1
             return False
         if self._since is None:
@@ -72,7 +76,7 @@ class ReplayFilter:
             older.clear()
             self._filters.reverse()
             current, self._since = older, now
-        current.add(salt)
+        current.add(positions)
         return True
 
     @property

@@ -27,6 +27,12 @@ def encode_addr(host: str, port: int) -> bytes:
     return bytes((atyp,)) + ip.packed + _PORT.pack(port)
 
 
+def encode_ip(family: int, host: str, port: int) -> bytes:
+    """`ATYP ADDR PORT` for an address a socket reported (no parsing of names: the fast path for replies)."""
+    atyp = ATYP_IPV4 if family == socket.AF_INET else ATYP_IPV6
+    return bytes((atyp,)) + socket.inet_pton(family, host) + _PORT.pack(port)
+
+
 def parse_addr(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[str, int, int] | None:
     """(host, port, offset after the address), or None while the address is incomplete."""
     if len(buf) <= offset:

@@ -71,9 +71,10 @@ def decode_base64_key(text: str, key_len: int, key: str = "key") -> bytes:
 
 
 def hkdf_sha1(key: bytes, salt: bytes, info: bytes, length: int) -> bytes:
-    """RFC 5869 HKDF with SHA-1 (the session subkey of SIP004)."""
+    """RFC 5869 HKDF with SHA-1 (the session subkey of SIP004; once per UDP packet, so kept lean)."""
     prk = hmac.digest(salt, key, "sha1")
-    out, block, counter = b"", b"", 1
+    block = hmac.digest(prk, info + b"\x01", "sha1")
+    out, counter = block, 2
     while len(out) < length:
         block = hmac.digest(prk, block + info + bytes((counter,)), "sha1")
         out += block
@@ -129,6 +130,9 @@ class TcpEncryptor:
 
     def encrypt(self, data: Buffer) -> bytes:
         """Ciphertext for `data`; the first call also carries the salt. Empty data yields only that."""
+        if 0 < len(data) <= MAX_PAYLOAD and not self._pending_salt:  # one chunk: the interactive case
+            seal, nonce = self._aead.seal, self._nonce
+            return seal(nonce.next(), len(data).to_bytes(2, "big")) + seal(nonce.next(), data)
         parts = [self._pending_salt] if self._pending_salt else []
         self._pending_salt = b""
         view = memoryview(data)

@@ -9,15 +9,15 @@ from gevent import socket as gsocket
 
 from sidecar.config import SsServerConfig
 from sidecar.errors import AuthError, ProtocolError
-from sidecar.net.resolver import literal_address
 from sidecar.net.sockets import connect_tcp, describe_os_error
 from sidecar.proto.replay import ReplayFilter
-from sidecar.proto.socks_addr import encode_addr, parse_addr
+from sidecar.proto.socks_addr import ATYP_IPV4, ATYP_IPV6, encode_ip, parse_addr
 from sidecar.proto.ss_aead import TcpDecryptor, TcpEncryptor, decrypt_udp, encrypt_udp
 from sidecar.roles.base import Role
 
 CONNECT_TIMEOUT_S = 10.0
 RECV_SIZE = 65536
+_FAMILY_OF_ATYP = {ATYP_IPV4: socket.AF_INET, ATYP_IPV6: socket.AF_INET6}
 
 
 class SsServer(Role):
@@ -121,11 +121,11 @@ class SsServer(Role):
         if parsed is None:
             raise ProtocolError("UDP request address truncated")
         host, port, offset = parsed
-        destination = literal_address(host, port)
-        if destination is None:  # a name: resolve off the hub, then send
+        family = _FAMILY_OF_ATYP.get(plaintext[0])
+        if family is None:  # a name: resolve off the hub, then send
             gevent.spawn(self._resolve_and_send, source, host, port, plaintext[offset:])
         else:
-            self._send_udp(source, destination, memoryview(plaintext)[offset:])
+            self._send_udp(source, (family, (host, port)), memoryview(plaintext)[offset:])
 
     def _send_udp(self, client: tuple, destination: tuple[int, tuple], payload: bytes | memoryview) -> None:
         family, address = destination
@@ -143,7 +143,7 @@ class SsServer(Role):
             self.log.debug("UDP to %s:%d dropped: %s", host, port, exc)
 
     def handle_reply(self, key: tuple, data: bytes, source: tuple) -> None:
-        client = key[0]
-        packet = encrypt_udp(self.config.cipher, encode_addr(source[0], source[1]) + data)
+        client, family = key
+        packet = encrypt_udp(self.config.cipher, encode_ip(family, source[0], source[1]) + data)
         self.udp_listener.sendto(packet, client)
 

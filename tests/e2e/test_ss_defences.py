@@ -178,6 +178,9 @@ def test_udp_garbage_flood_and_replay_are_dropped(tmp_path):
         client.stop()
         echo_udp.close()
     stats = counters(log, "ss-server[0]")
-    assert stats["auth_failures"] >= 2900  # the garbage, and the replay (a loaded box may lose a few)
+    # Every packet the server read and dropped is accounted for. (The kernel may drop some of the
+    # flood before the server reads it on a loaded box; those it never sees.)
+    assert stats["auth_failures"] >= 1000
+    assert stats["udp_dropped"] == stats["auth_failures"] + stats["replays"]
     assert stats["replays"] == 1 and stats["udp_out"] == 3
     assert "Traceback" not in log
