@@ -83,6 +83,12 @@ class UdpNat:
             del self._table[key]
         entry.close()
 
+    def drop_where(self, predicate: Callable[[Hashable], bool]) -> None:
+        """Close every association whose key matches (e.g. all flows of a client that went away)."""
+        for key, entry in list(self._table.items()):
+            if predicate(key):
+                self._drop(key, entry)
+
     def close_all(self) -> None:
         self._sweeper.stop()
         for entry in self._table.values():

@@ -22,6 +22,10 @@ HANDSHAKE_TIMEOUT_S = 30.0
 class SsLocal(SsClientRole):
     config: SsLocalConfig
 
+    def __init__(self, config: SsLocalConfig) -> None:
+        super().__init__(config)
+        self._associated: dict[str, int] = {}  # client address -> open UDP ASSOCIATE control connections
+
     def describe(self) -> str:
         cfg = self.config
         auth = "user/password" if cfg.socks_users else "no auth"
@@ -70,20 +74,37 @@ class SsLocal(SsClientRole):
         return shake
 
     def _hold_udp_association(self, conn: socket.socket) -> None:
-        """Answer UDP ASSOCIATE with our UDP port, then keep the control connection until the client drops it."""
+        """Answer UDP ASSOCIATE with our UDP port, then hold the association while the control connection lives.
+
+        As RFC 1928 says, the association ends with its TCP connection: datagrams are relayed only
+        for client addresses that hold an open control connection, and when the last one from an
+        address closes, that address's UDP flows are dropped at once.
+        """
         if not self.config.udp:
             conn.sendall(build_reply(Reply.COMMAND_NOT_SUPPORTED))
             return
-        bound = conn.getsockname()
+        bound, client = conn.getsockname(), conn.getpeername()[0]
         conn.sendall(build_reply(Reply.SUCCEEDED, bound[0], self.config.listen.port))
+        self._associated[client] = self._associated.get(client, 0) + 1
         conn.settimeout(None)
         try:
             while conn.recv(4096):
                 pass
         except OSError:
             pass
+        finally:
+            self._release(client)
+
+    def _release(self, client: str) -> None:
+        left = self._associated.pop(client) - 1
+        if left:
+            self._associated[client] = left
+        else:
+            self.nat.drop_where(lambda key: key[0] == client)
 
     def handle_datagram(self, data: bytes, source: tuple) -> None:
+        if source[0] not in self._associated:
+            raise ProtocolError(f"no UDP ASSOCIATE held by {source[0]}")
         self.send_datagram(source, split_udp_datagram(data).tobytes())
 
     def handle_reply(self, key: tuple, data: bytes, source: tuple) -> None:

@@ -131,6 +131,26 @@ def test_fragmented_udp_is_dropped_and_counted(pair, echo):
     assert counters(log, "plain")["udp_dropped"] == 1
 
 
+def test_udp_association_lives_with_its_control_connection(pair, echo):
+    _, udp = echo
+    header = b"\x00\x00\x00" + encode_addr("127.0.0.1", udp.port)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(1)
+        client.sendto(header + b"no association", ("127.0.0.1", pair["plain"]))
+        with pytest.raises(TimeoutError):
+            client.recv(100)
+        control, relay = socks5_udp_associate(pair["plain"])
+        client.sendto(header + b"held", relay)
+        assert client.recv(100).endswith(b"held")
+        control.close()
+        time.sleep(0.3)
+        client.sendto(header + b"released", relay)
+        with pytest.raises(TimeoutError):
+            client.recv(100)
+    log = pair["proc"].stop()
+    assert counters(log, "plain")["udp_dropped"] == 2
+
+
 def test_idle_timeout_closes_and_counts(pair, echo):
     tcp, _ = echo
     with socks5_connect(pair["plain"], "127.0.0.1", tcp.port) as sock:
