@@ -29,6 +29,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "ruff>=0.5"],
+        "bench": ["matplotlib>=3.5"],
     },
     entry_points={"console_scripts": ["sidecar = sidecar.cli:main"]},
     classifiers=[

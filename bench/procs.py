@@ -81,7 +81,7 @@ def ss_pair(name: str, method: str, password: str = "bench-password") -> Contend
         local = base + ["ss-local", "--log-level", "warning"]
     else:
         server, local = [shutil.which("ss-server") or "ss-server"], [shutil.which("ss-local") or "ss-local"]
-    common = ["-p", str(server_port), "-k", password, "-m", method]
+    common = ["-p", str(server_port), "-k", password, "-m", method, "-u"]
     procs = [spawn(server + ["-s", "127.0.0.1", *common])]
     wait_for_port(server_port)
     procs.append(spawn(local + ["-s", "127.0.0.1", "-b", "127.0.0.1", "-l", str(socks_port), *common]))

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from bench import ss_suite
+from bench.plots import latency_cdf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,12 +23,20 @@ def machine() -> str:
 
 def ss_section(args: argparse.Namespace) -> list[str]:
     lines = [f"## ss: Shadowsocks pair ({args.method})", "",
-             f"ss-local -> ss-server -> target, all on loopback, each pair as two processes. Bulk: one "
-             f"{args.bulk_mb} MB download per round; request/response: {args.exchanges} 64-byte exchanges "
-             f"per round on one connection; {args.rounds} rounds, contenders alternated. Peak RSS is VmHWM "
-             f"of both processes. Reproduce: `python -m bench --suite ss --rounds {args.rounds}`.", ""]
-    lines += ss_suite.table(ss_suite.run(args.method, args.rounds, args.bulk_mb * 1_000_000, args.exchanges))
-    return lines + [""]
+             f"ss-local -> ss-server -> target, all on loopback, each pair as two processes, the targets in a "
+             f"process of their own. Per round and contender: one {args.bulk_mb} MB download; {args.exchanges} "
+             f"64-byte TCP exchanges on one connection; {args.exchanges // 2} UDP round trips through SOCKS5 UDP "
+             f"ASSOCIATE; connect-echo-close for 1 s. {args.rounds} rounds, contenders alternated. Memory: RSS "
+             f"after start, then with {ss_suite.IDLE_CONNECTIONS} idle proxied connections held, and VmHWM at "
+             f"the end. Reproduce: `python -m bench --suite ss --rounds {args.rounds}`.", ""]
+    results, bulk_total = ss_suite.run(args.method, args.rounds, args.bulk_mb * 1_000_000, args.exchanges)
+    lines += ss_suite.table(results, bulk_total) + [""]
+    for attr, what, filename in (("rtt_us", "TCP 64-byte request/response", "ss-tcp-rtt-cdf.png"),
+                                 ("udp_rtt_us", "UDP 100-byte round trip", "ss-udp-rtt-cdf.png")):
+        plot = latency_cdf({r.name: getattr(r, attr) for r in results}, f"ss suite: {what}", filename)
+        if plot:
+            lines += [f"![{what} latency CDF]({plot})", ""]
+    return lines
 
 
 def main() -> None:

@@ -1,54 +1,11 @@
-"""Client-side workloads, driven over real sockets: bulk transfer and small request/response."""
+"""Client-side workloads over real sockets: bulk download, request/response, connection rate, UDP round trips."""
 
-import contextlib
 import socket
 import statistics
-import threading
 import time
 
-from sidecar.proto.socks_addr import encode_addr
-
-CHUNK = bytes(1 << 16)
-
-
-class Targets:
-    """Loopback targets: a source that streams N bytes on request, and an echo server for ping-pong."""
-
-    def __init__(self) -> None:
-        self.source = self._listen(self._serve_source)
-        self.echo = self._listen(self._serve_echo)
-
-    @staticmethod
-    def _listen(serve) -> int:
-        sock = socket.create_server(("127.0.0.1", 0), backlog=256)
-        threading.Thread(target=_accept_loop, args=(sock, serve), daemon=True).start()
-        return sock.getsockname()[1]
-
-    @staticmethod
-    def _serve_source(conn: socket.socket) -> None:
-        size = int.from_bytes(_recv_exact(conn, 8), "big")
-        view = memoryview(CHUNK)
-        while size > 0:
-            n = min(size, len(CHUNK))
-            conn.sendall(view[:n])
-            size -= n
-
-    @staticmethod
-    def _serve_echo(conn: socket.socket) -> None:
-        while data := conn.recv(65536):
-            conn.sendall(data)
-
-
-def _accept_loop(sock: socket.socket, serve) -> None:
-    while True:
-        conn, _ = sock.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        threading.Thread(target=_guarded, args=(serve, conn), daemon=True).start()
-
-
-def _guarded(serve, conn: socket.socket) -> None:
-    with conn, contextlib.suppress(OSError):
-        serve(conn)
+from bench.targets import Targets
+from sidecar.proto.socks_addr import encode_addr, parse_addr
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -110,3 +67,53 @@ def percentile(values: list[float], q: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def connection_rate(socks_port: int | None, targets: Targets, seconds: float) -> float:
+    """Connections per second: connect (through SOCKS5), echo one byte, close; for `seconds`."""
+    count, deadline = 0, time.perf_counter() + seconds
+    start = time.perf_counter()
+    while time.perf_counter() < deadline:
+        with open_path(socks_port, targets.echo) as sock:
+            sock.sendall(b"x")
+            _recv_exact(sock, 1)
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def udp_round_trips(socks_port: int | None, targets: Targets, count: int, size: int = 100) -> list[float]:
+    """Round-trip times in microseconds of `count` datagrams through SOCKS5 UDP ASSOCIATE (or direct)."""
+    relay, header, control = ("127.0.0.1", targets.udp_echo), b"", None
+    if socks_port is not None:
+        control = socket.create_connection(("127.0.0.1", socks_port), timeout=10)
+        control.sendall(b"\x05\x01\x00")
+        _recv_exact(control, 2)
+        control.sendall(b"\x05\x03\x00" + encode_addr("0.0.0.0", 0))
+        host, port, _ = parse_addr(_recv_exact(control, 10), 3)
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # "same host as the proxy"
+        relay, header = (host, port), b"\x00\x00\x00" + encode_addr("127.0.0.1", targets.udp_echo)
+    times, payload = [], header + b"u" * size
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(1)
+        for _ in range(count):
+            start = time.perf_counter()
+            sock.sendto(payload, relay)
+            try:
+                sock.recv(65536)
+            except TimeoutError:
+                continue
+            times.append((time.perf_counter() - start) * 1e6)
+    if control is not None:
+        control.close()
+    return times
+
+
+def idle_connections(socks_port: int, targets: Targets, count: int) -> list[socket.socket]:
+    """`count` open, proxied, idle connections (each has carried one byte each way)."""
+    socks = []
+    for _ in range(count):
+        sock = open_path(socks_port, targets.echo)
+        sock.sendall(b"x")
+        _recv_exact(sock, 1)
+        socks.append(sock)
+    return socks
