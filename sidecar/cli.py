@@ -2,6 +2,7 @@
 
 import argparse
 import base64
+import json
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ and chains them in one process, configured by one TOML file.
                               in-process ss-server on 127.0.0.1:18388
   sidecar run -c FILE         run every role in FILE (see conf/ for commented examples)
   sidecar check -c FILE       validate FILE and print what would listen where
+  sidecar status              print each role's counters from the running sidecar
   sidecar genkey -m METHOD    print a random base64 key for `key = "..."`
   sidecar ss-local -s HOST -p PORT -l PORT -k PASSWORD -m METHOD [-u]
                               one role from shadowsocks-libev's own flags (also ss-server, ss-tunnel)
@@ -73,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Validate the config and print what each role would listen on and forward "
                                        "to. Exits 2 with one line naming the key, the value and the fix if not valid.")
     check.add_argument("-c", "--config", metavar="FILE", help="TOML config file (default: the built-in demo)")
+    status = sub.add_parser("status", help="print each role's counters from a running sidecar",
+                            description="Ask a running sidecar (through its control socket) for each role's "
+                                        "counters: bytes, connections, drops, auth failures, replays, ...")
+    status.add_argument("--socket", metavar="PATH", help="control socket (default: the one `sidecar run` uses)")
+    status.add_argument("--json", action="store_true", help="print the raw answer as JSON")
     genkey = sub.add_parser("genkey", help="print a random base64 key for a method")
     genkey.add_argument("-m", dest="method", default=DEFAULT_METHOD, choices=sorted(METHODS))
     for role, text in (("ss-local", "Run a SOCKS5 front that relays through an ss-server."),
@@ -117,11 +124,33 @@ def _run(config: Config, level: str | None) -> int:
     return serve(config)
 
 
+def _status(args: argparse.Namespace) -> int:
+    from sidecar import control
+
+    path = args.socket or control.default_path()
+    try:
+        answer = control.request(path, "status")
+    except (OSError, ValueError) as exc:
+        print(f"sidecar: no running sidecar answers on {path} ({exc}); is it running? (--socket PATH)",
+              file=sys.stderr)
+        return EXIT_RUNTIME
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    print(f"sidecar pid {answer['pid']}, up {answer['uptime_s']:.0f} s, config: {answer['config']}")
+    for role in answer["roles"]:
+        counters = " ".join(f"{k}={v}" for k, v in role["counters"].items())
+        print(f"  {role['name']} ({role['role']}): {counters}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command is None:
         build_parser().print_help()
         return EXIT_CONFIG
+    if args.command == "status":
+        return _status(args)
     if args.command == "genkey":
         print(base64.b64encode(os.urandom(METHODS[args.method].key_len)).decode())
         return 0

@@ -82,6 +82,8 @@ class Config:
     roles: list[RoleConfig]
     log_level: str = "info"
     source: str = "built-in default"
+    control_socket: str | None = None  # None: the default path, shared with other sidecars if free
+    control_enabled: bool = True
 
 
 def _common(section: Section, role: str, index: int) -> dict[str, Any]:
@@ -167,6 +169,10 @@ def parse_config(doc: dict[str, Any], source: str) -> Config:
     log = Section("log", top.get("log", dict, {}))
     level = log.choice("level", LOG_LEVELS, "info")
     log.finish()
+    control = Section("control", top.get("control", dict, {}))
+    control_enabled = control.get("enabled", bool, True)
+    control_socket = control.get("socket", str, None)
+    control.finish()
     roles: list[RoleConfig] = []
     for role, build in ROLE_BUILDERS.items():
         tables = top.get(role, (list, dict), [])  # type: ignore[arg-type]
@@ -181,7 +187,8 @@ def parse_config(doc: dict[str, Any], source: str) -> Config:
         tables = ", ".join(f"[[{r}]]" for r in ROLE_BUILDERS)
         raise ConfigError("(roles)", None, f"configure at least one role: {tables}")
     check_port_clashes(roles)
-    return Config(roles=roles, log_level=level, source=source)
+    return Config(roles=roles, log_level=level, source=source, control_socket=control_socket,
+                  control_enabled=control_enabled)
 
 
 def _finish_top(top: Section, doc: dict[str, Any]) -> None:
@@ -189,7 +196,8 @@ def _finish_top(top: Section, doc: dict[str, Any]) -> None:
         top.finish()
     except ConfigError as exc:
         name = exc.key.lstrip(".")
-        raise ConfigError(name, doc[name], f"unknown section; use [log] or one of {', '.join(ROLE_BUILDERS)}") from None
+        raise ConfigError(name, doc[name],
+                          f"unknown section; use [log], [control] or one of {', '.join(ROLE_BUILDERS)}") from None
 
 
 def listeners(role: RoleConfig) -> list[tuple[str, Endpoint]]:

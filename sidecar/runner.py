@@ -1,12 +1,15 @@
 """Run a validated config: bind every role first (all or nothing), serve, and stop cleanly on a signal."""
 
 import logging
+import os
 import signal
 import time
+from typing import Any
 
 import gevent
 from gevent.event import Event
 
+from sidecar import control
 from sidecar.config import Config, listeners
 from sidecar.errors import SidecarError
 from sidecar.net.sockets import describe_os_error
@@ -47,14 +50,45 @@ def serve(config: Config, ready: Event | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
     log.info("config: %s", config.source)
+    control_server = start_control(config, roles)
     for role in roles:
         role.start()
     log.info("sidecar ready: %d role(s) running", len(roles))
     if ready is not None:
         ready.set()
     stop.wait()
+    if control_server is not None:
+        control_server.stop()
     shutdown(roles)
     return 0
+
+
+def start_control(config: Config, roles: list[Role]) -> control.ControlServer | None:
+    """The control socket for `sidecar status`. An explicit path that is taken is an error; the
+    default path, when another sidecar already serves it, is skipped with a warning."""
+    if not config.control_enabled:
+        return None
+    started = time.time()
+
+    def status(_: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid(), "uptime_s": round(time.time() - started, 1), "config": config.source,
+                "roles": [{"name": r.config.name, "role": r.config.role, "counters": r.counters.snapshot()}
+                          for r in roles]}
+
+    server = control.ControlServer(config.control_socket or control.default_path(), {"status": status}, log)
+    try:
+        server.start()
+    except OSError as exc:
+        if config.control_socket:
+            for role in roles:
+                role.close()
+            raise BindError(f"control socket {config.control_socket}: {exc} "
+                            "(set [control] socket to a free path)") from None
+        log.warning("no control socket: %s; `sidecar status` will not see this process "
+                    "(set [control] socket = \"PATH\")", exc)
+        return None
+    log.info("control socket: %s", server.path)
+    return server
 
 
 def shutdown(roles: list[Role]) -> None:
