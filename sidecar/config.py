@@ -67,6 +67,17 @@ class SsTunnelConfig(SsCommon):
 
 
 @dataclass(frozen=True)
+class SsRedirConfig(SsCommon):
+    listen: Endpoint
+    server: Endpoint
+    lan_interface: str | None = None  # set: sidecar installs the firewall rules at start, removes them at stop
+    bypass: tuple[str, ...] = ()
+    bypass_private: bool = True
+    fwmark: int = 0x5CA1
+    route_table: int = 0x5CA
+
+
+@dataclass(frozen=True)
 class SsServerConfig(SsCommon):
     listen: Endpoint
     replay_capacity: int = 100_000
@@ -74,7 +85,7 @@ class SsServerConfig(SsCommon):
     probe_delay_s: tuple[float, float] = (10.0, 40.0)
 
 
-RoleConfig = SsLocalConfig | SsTunnelConfig | SsServerConfig
+RoleConfig = SsLocalConfig | SsTunnelConfig | SsRedirConfig | SsServerConfig
 
 
 @dataclass(frozen=True)
@@ -148,6 +159,27 @@ def _ss_tunnel(section: Section, index: int) -> SsTunnelConfig:
     )
 
 
+def _ss_redir(section: Section, index: int) -> SsRedirConfig:
+    return SsRedirConfig(
+        **_common(section, "ss-redir", index),
+        listen=_endpoint(section, "local_address", "local_port", bind=True, host_default="0.0.0.0"),
+        server=_endpoint(section, "server", "server_port", bind=False),
+        lan_interface=section.get("lan_interface", str, None),
+        bypass=_networks(section, "bypass"),
+        bypass_private=section.get("bypass_private", bool, True),
+        fwmark=section.number("fwmark", int, 0x5CA1, 1, 0xFFFFFFFF),
+        route_table=section.number("route_table", int, 0x5CA, 1, 0xFFFFFFFE),
+    )
+
+
+def _networks(section: Section, name: str) -> tuple[str, ...]:
+    values = section.get(name, list, [])
+    try:
+        return tuple(str(ipaddress.ip_network(v, strict=False)) for v in values)
+    except (TypeError, ValueError):
+        raise ConfigError(section.key(name), values, 'list addresses or CIDRs, e.g. ["198.51.100.0/24"]') from None
+
+
 def _ss_server(section: Section, index: int) -> SsServerConfig:
     low = section.number("probe_delay_min_s", float, 10.0, 0, 600)
     high = section.number("probe_delay_max_s", float, 40.0, low, 3600)
@@ -160,7 +192,7 @@ def _ss_server(section: Section, index: int) -> SsServerConfig:
     )
 
 
-ROLE_BUILDERS = {"ss-local": _ss_local, "ss-tunnel": _ss_tunnel, "ss-server": _ss_server}
+ROLE_BUILDERS = {"ss-local": _ss_local, "ss-tunnel": _ss_tunnel, "ss-redir": _ss_redir, "ss-server": _ss_server}
 
 
 def parse_config(doc: dict[str, Any], source: str) -> Config:

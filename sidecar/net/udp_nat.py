@@ -69,7 +69,7 @@ class UdpNat:
 
     def _on_readable(self, key: Hashable, entry: _Association) -> None:
         entry.last = self._loop.now()
-        if not drain(entry.sock, lambda data, source: self._on_reply(key, data, source), self._counters, self._log):
+        if not drain(entry.sock, self._on_reply, self._counters, self._log, lambda sock: (key, *sock.recvfrom(65536))):
             self._drop(key, entry)
 
     def _sweep(self) -> None:

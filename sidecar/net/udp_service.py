@@ -15,37 +15,43 @@ from sidecar.metrics import Counters
 
 RECV_SIZE = 65536
 BATCH = 64  # packets read per wake-up before yielding to other watchers
-DatagramHandler = Callable[[bytes, tuple], None]
+DatagramHandler = Callable[..., None]
+Receive = Callable[[socket.socket], tuple]  # the handler's arguments for one datagram, (data, source, ...)
 _READ = 1
 
 
-def dispatch(handler: DatagramHandler, data: bytes, source: tuple, counters: Counters, log: logging.Logger) -> None:
-    """Run `handler` on one packet; a protocol error, a send failure or a handler bug costs that packet only."""
+def recvfrom(sock: socket.socket) -> tuple[bytes, tuple]:
+    return sock.recvfrom(RECV_SIZE)
+
+
+def dispatch(handler: DatagramHandler, args: tuple, counters: Counters, log: logging.Logger) -> None:
+    """Run `handler(*args)` on one packet; a protocol error, a send failure or a handler bug costs that packet only."""
     try:
-        handler(data, source)
+        handler(*args)
     except ProtocolError as exc:
         counters["udp_dropped"] += 1
-        log.debug("dropped a datagram from %s: %s", source, exc)
+        log.debug("dropped a datagram: %s", exc)
     except OSError as exc:
         counters["udp_dropped"] += 1
-        log.debug("could not forward a datagram from %s: %s", source, exc)
+        log.debug("could not forward a datagram: %s", exc)
     except Exception as exc:
         counters["errors"] += 1
-        log.warning("datagram from %s dropped by an internal error: %r", source, exc)
+        log.warning("a datagram was dropped by an internal error: %r", exc)
 
 
-def drain(sock: socket.socket, handler: DatagramHandler, counters: Counters, log: logging.Logger) -> bool:
+def drain(sock: socket.socket, handler: DatagramHandler, counters: Counters, log: logging.Logger,
+          receive: Receive = recvfrom) -> bool:
     """Read up to BATCH packets from a non-blocking socket; False if the socket failed."""
     for _ in range(BATCH):
         try:
-            data, source = sock.recvfrom(RECV_SIZE)
+            args = receive(sock)
         except BlockingIOError:
             return True
         except OSError as exc:  # e.g. ECONNREFUSED reported for an earlier send on a connected socket
             log.debug("UDP receive: %s", exc)
             return sock.fileno() >= 0
         counters["udp_in"] += 1
-        dispatch(handler, data, source, counters, log)
+        dispatch(handler, args, counters, log)
     return True
 
 
@@ -67,15 +73,17 @@ def bind_datagram_socket(family: int, address: tuple, reuse_port: bool) -> socke
 
 
 class UdpService:
-    """Reads `listener` (a plain non-blocking socket) and calls `handler(data, source)` per packet.
+    """Reads `listener` (a plain non-blocking socket) and calls `handler(*receive(listener))` per packet:
+    `handler(data, source)` with the default receive.
 
     Counters needs `udp_in`, `udp_dropped` and `errors`.
     """
 
     def __init__(self, listener: socket.socket, handler: DatagramHandler, counters: Counters,
-                 log: logging.Logger) -> None:
+                 log: logging.Logger, receive: Receive = recvfrom) -> None:
         self.listener = listener
         self._handler = handler
+        self._receive = receive
         self._counters = counters
         self._log = log
         self._watcher = get_hub().loop.io(listener.fileno(), _READ)
@@ -84,7 +92,7 @@ class UdpService:
         self._watcher.start(self._on_readable)
 
     def _on_readable(self) -> None:
-        if not drain(self.listener, self._handler, self._counters, self._log):
+        if not drain(self.listener, self._handler, self._counters, self._log, self._receive):
             self._watcher.stop()
 
     def stop(self) -> None:

@@ -1,8 +1,9 @@
 """Roles: each assembles its stages from config, owns its listeners, counters and logs."""
 
-from sidecar.config import RoleConfig, SsLocalConfig, SsServerConfig, SsTunnelConfig
+from sidecar.config import RoleConfig, SsLocalConfig, SsRedirConfig, SsServerConfig, SsTunnelConfig
 from sidecar.roles.base import Role
 from sidecar.roles.ss_local import SsLocal
+from sidecar.roles.ss_redir import SsRedir
 from sidecar.roles.ss_server import SsServer
 from sidecar.roles.ss_tunnel import SsTunnel
 
@@ -12,6 +13,8 @@ def build_role(config: RoleConfig) -> Role:
         return SsLocal(config)
     if isinstance(config, SsTunnelConfig):
         return SsTunnel(config)
+    if isinstance(config, SsRedirConfig):
+        return SsRedir(config)
     if isinstance(config, SsServerConfig):
         return SsServer(config)
     raise TypeError(f"no role for {type(config).__name__}")

@@ -12,7 +12,7 @@ from sidecar.net.relay import IdleTimeout, Transform, relay
 from sidecar.net.sockets import bind_tcp, describe_os_error, family_of
 from sidecar.net.tcp_service import TcpService
 from sidecar.net.udp_nat import UdpNat
-from sidecar.net.udp_service import UdpService, bind_datagram_socket
+from sidecar.net.udp_service import UdpService, bind_datagram_socket, recvfrom
 
 COUNTERS = (
     "connections", "active", "rejected_limit", "errors", "bytes_up", "bytes_down", "connect_failures",
@@ -50,6 +50,14 @@ class Role:
         """A plain non-blocking UDP socket for one NAT entry (it must not block: it runs in the hub)."""
         raise NotImplementedError
 
+    def bind_udp_listener(self) -> socket.socket:
+        cfg = self.config
+        return bind_datagram_socket(family_of(cfg.listen.host), (cfg.listen.host, cfg.listen.port), cfg.reuse_port)
+
+    def receive_datagram(self, sock: socket.socket) -> tuple:
+        """The arguments of `handle_datagram` for the next datagram (raises BlockingIOError when none)."""
+        return recvfrom(sock)
+
     def relay_counted(self, a: gsocket.socket, b: gsocket.socket, a_to_b: Transform | None,
                       b_to_a: Transform | None, bad_data: str) -> None:
         """Relay a <-> b until done; how it ended is counted and logged (`bad_data` names the culprit)."""
@@ -71,9 +79,8 @@ class Role:
             self._tcp = TcpService(listener, self.handle_tcp, cfg.max_connections, self.counters, self.log,
                                    cfg.no_delay)
         if cfg.udp:
-            listener = bind_datagram_socket(family_of(cfg.listen.host), (cfg.listen.host, cfg.listen.port),
-                                            cfg.reuse_port)
-            self._udp = UdpService(listener, self.handle_datagram, self.counters, self.log)
+            self._udp = UdpService(self.bind_udp_listener(), self.handle_datagram, self.counters, self.log,
+                                   self.receive_datagram)
             self._nat = UdpNat(self.outbound_udp_socket, self.handle_reply, cfg.timeout_s, cfg.max_connections,
                                self.counters, self.log)
 

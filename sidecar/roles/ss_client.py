@@ -5,7 +5,7 @@ import socket
 
 from gevent import socket as gsocket
 
-from sidecar.config import SsLocalConfig, SsTunnelConfig
+from sidecar.config import SsLocalConfig, SsRedirConfig, SsTunnelConfig
 from sidecar.errors import ProtocolError
 from sidecar.net.resolver import ResolvedAddress
 from sidecar.net.sockets import connect_tcp, describe_os_error
@@ -27,9 +27,9 @@ def reply_for(exc: OSError) -> Reply:
 
 
 class SsClientRole(Role):
-    config: SsLocalConfig | SsTunnelConfig
+    config: SsLocalConfig | SsTunnelConfig | SsRedirConfig
 
-    def __init__(self, config: SsLocalConfig | SsTunnelConfig) -> None:
+    def __init__(self, config: SsLocalConfig | SsTunnelConfig | SsRedirConfig) -> None:
         super().__init__(config)
         self._server_udp = ResolvedAddress(config.server.host, config.server.port, self.log)
 
@@ -84,13 +84,14 @@ class SsClientRole(Role):
             sock.send(encrypt_udp(self.config.cipher, plaintext))
             self.counters["udp_out"] += 1
 
-    def open_reply(self, data: bytes) -> tuple[bytes, int]:
-        """(plaintext `ATYP ADDR PORT DATA`, offset of DATA) of a server reply; raises ProtocolError."""
+    def open_reply(self, data: bytes) -> tuple[bytes, tuple[str, int], int]:
+        """(plaintext `ATYP ADDR PORT DATA`, the remote it came from, offset of DATA) of a server reply;
+        raises ProtocolError."""
         _, plaintext = decrypt_udp(self.config.cipher, data)
         parsed = parse_addr(plaintext)
         if parsed is None:
             raise ProtocolError("reply address truncated")
-        return plaintext, parsed[2]
+        return plaintext, (parsed[0], parsed[1]), parsed[2]
 
 
 def _first_data(conn: gsocket.socket) -> bytes:

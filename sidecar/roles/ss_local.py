@@ -108,5 +108,5 @@ class SsLocal(SsClientRole):
         self.send_datagram(source, split_udp_datagram(data).tobytes())
 
     def handle_reply(self, key: tuple, data: bytes, source: tuple) -> None:
-        plaintext, _ = self.open_reply(data)
+        plaintext, _, _ = self.open_reply(data)
         self.udp_listener.sendto(UDP_HEADER_PREFIX + plaintext, key)

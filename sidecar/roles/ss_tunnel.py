@@ -30,5 +30,5 @@ class SsTunnel(SsClientRole):
         self.send_datagram(source, self._header + data)
 
     def handle_reply(self, key: tuple, data: bytes, source: tuple) -> None:
-        plaintext, offset = self.open_reply(data)
+        plaintext, _, offset = self.open_reply(data)
         self.udp_listener.sendto(memoryview(plaintext)[offset:], key)

@@ -1,0 +1,100 @@
+"""ss-redir: the router's transparent proxy. TCP arrives by REDIRECT (or TPROXY), UDP by TPROXY;
+both go to their original destination through an ss-server. UDP replies are sent from the remote's
+own address, one sender socket per remote, so NAT is full cone (what game consoles ask for)."""
+
+import socket
+from collections import OrderedDict
+
+from gevent import socket as gsocket
+
+from sidecar.config import SsRedirConfig
+from sidecar.errors import ProtocolError
+from sidecar.net.redir_rules import PRIVATE_V4, PRIVATE_V6, RedirRules, RulesError
+from sidecar.net.sockets import family_of
+from sidecar.net.transparent import original_dst, recv_with_destination, tproxy_udp_listener, transparent_sender
+from sidecar.proto.socks_addr import encode_addr
+from sidecar.roles.ss_client import SsClientRole
+
+PRIVATE = PRIVATE_V4 + PRIVATE_V6
+MAX_SENDERS = 1024  # reply sockets kept (one per remote address); the least recently used go first
+
+
+class SsRedir(SsClientRole):
+    config: SsRedirConfig
+
+    def __init__(self, config: SsRedirConfig) -> None:
+        super().__init__(config)
+        self._senders: OrderedDict[tuple[str, int], socket.socket] = OrderedDict()
+        self._rules: RedirRules | None = None
+
+    def start(self) -> None:
+        """With `lan_interface` set, install the firewall rules first (replacing stale ones of a killed run)."""
+        cfg = self.config
+        if cfg.lan_interface:
+            try:
+                found = gsocket.getaddrinfo(cfg.server.host, cfg.server.port, 0, socket.SOCK_STREAM)
+            except OSError as exc:
+                raise RulesError(f"cannot resolve ss-server {cfg.server.host} for the bypass set: {exc}") from None
+            server = tuple(f"{a[4][0]}/{32 if a[0] == socket.AF_INET else 128}" for a in found)
+            self._rules = RedirRules(cfg.listen.port, cfg.lan_interface, server + cfg.bypass, cfg.udp,
+                                     cfg.fwmark, cfg.route_table, PRIVATE if cfg.bypass_private else ())
+            self._rules.up()
+            self.log.info("firewall rules installed on %s (nft table inet %s)", cfg.lan_interface, self._rules.table)
+        super().start()
+
+    def describe(self) -> str:
+        cfg = self.config
+        return (f"{cfg.name}: transparent proxy on {self.protocols()} {cfg.listen} -> ss-server {cfg.server} "
+                f"({cfg.cipher.method.name}); firewall rules: `sidecar rules up`")
+
+    def handle_tcp(self, conn: gsocket.socket, peer: tuple) -> None:
+        try:
+            host, port = original_dst(conn, self.config.listen.port)
+        except OSError as exc:
+            self.counters["protocol_errors"] += 1
+            self.log.info("no original destination for %s (not redirected?): %s", peer[0], exc)
+            return
+        try:
+            server = self.connect_server()
+        except OSError:
+            return
+        self.relay_through(conn, server, encode_addr(host, port), b"")
+
+    def bind_udp_listener(self) -> socket.socket:
+        listen = self.config.listen
+        return tproxy_udp_listener(family_of(listen.host), (listen.host, listen.port))
+
+    def receive_datagram(self, sock: socket.socket) -> tuple:
+        return recv_with_destination(sock)
+
+    def handle_datagram(self, data: bytes, source: tuple, destination: tuple[str, int] | None) -> None:
+        if destination is None:
+            raise ProtocolError("datagram without an original destination (not TPROXY'd?)")
+        self.send_datagram(source[:2], encode_addr(*destination) + data)
+
+    def handle_reply(self, key: tuple, data: bytes, source: tuple) -> None:
+        plaintext, remote, offset = self.open_reply(data)
+        self._sender(remote).sendto(memoryview(plaintext)[offset:], key)
+
+    def _sender(self, remote: tuple[str, int]) -> socket.socket:
+        """The socket that speaks as `remote` (created on first use; the oldest is closed past the cap)."""
+        sock = self._senders.get(remote)
+        if sock is None:
+            sock = transparent_sender(family_of(remote[0]), remote)
+            self._senders[remote] = sock
+            if len(self._senders) > MAX_SENDERS:
+                self._senders.popitem(last=False)[1].close()
+        else:
+            self._senders.move_to_end(remote)
+        return sock
+
+    def stop_accepting(self) -> None:
+        if self._rules is not None:
+            self._rules.down(quiet=True)
+            self.log.info("firewall rules removed (nft table inet %s)", self._rules.table)
+            self._rules = None
+        super().stop_accepting()
+        for sock in self._senders.values():
+            sock.close()
+        self._senders.clear()
+

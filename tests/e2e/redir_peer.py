@@ -1,0 +1,75 @@
+"""Helper processes for the ss-redir test, run inside a namespace with `ip netns exec`.
+
+    target TCP_ADDR UDP_ADDR SECOND_ADDR   echo servers; print each TCP peer; every UDP datagram is also
+                                           answered from SECOND_ADDR (a second remote, for full cone)
+    client TCP_ADDR UDP_ADDR SIZE          one TCP echo of SIZE random bytes and one UDP exchange;
+                                           prints a JSON report
+"""
+
+import hashlib
+import json
+import os
+import socket
+import sys
+import threading
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, port = text.rsplit(":", 1)
+    return host, int(port)
+
+
+def target(tcp: str, udp: str, second: str) -> None:
+    listener = socket.create_server(_addr(tcp))
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(_addr(udp))
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(_addr(second))
+    threading.Thread(target=_udp_loop, args=(echo, other), daemon=True).start()
+    print("ready", flush=True)
+    while True:
+        conn, peer = listener.accept()
+        print(f"tcp-peer {peer[0]}", flush=True)
+        threading.Thread(target=_tcp_echo, args=(conn,), daemon=True).start()
+
+
+def _udp_loop(echo: socket.socket, other: socket.socket) -> None:
+    while True:
+        data, peer = echo.recvfrom(65536)
+        print(f"udp-peer {peer[0]}", flush=True)
+        echo.sendto(data, peer)
+        other.sendto(b"second:" + data, peer)
+
+
+def _tcp_echo(conn: socket.socket) -> None:
+    with conn:
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+
+def client(tcp: str, udp: str, size: int) -> None:
+    data = os.urandom(size)
+    with socket.create_connection(_addr(tcp), timeout=20) as sock:
+        threading.Thread(target=sock.sendall, args=(data,), daemon=True).start()
+        digest, got = hashlib.sha256(), 0
+        while got < size:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            digest.update(chunk)
+            got += len(chunk)
+    report = {"tcp_ok": digest.hexdigest() == hashlib.sha256(data).hexdigest(), "udp": []}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(b"game-packet", _addr(udp))
+        for _ in range(2):
+            try:
+                payload, source = sock.recvfrom(65536)
+            except TimeoutError:
+                break
+            report["udp"].append([payload.decode(), f"{source[0]}:{source[1]}"])
+    print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    {"target": lambda a: target(*a), "client": lambda a: client(a[0], a[1], int(a[2]))}[sys.argv[1]](sys.argv[2:])
