@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool_pkg in ss-server:shadowsocks-libev kcptun-client:kcptun ip:iproute2 iptables:iptables curl:curl; do
+for tool_pkg in ss-server:shadowsocks-libev kcptun-client:kcptun ip:iproute2 iptables:iptables nft:nftables curl:curl; do
   command -v "${tool_pkg%%:*}" >/dev/null 2>&1 || missing+=("${tool_pkg#*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
