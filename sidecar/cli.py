@@ -114,14 +114,14 @@ def _check(config: Config) -> int:
     return 0
 
 
-def _run(config: Config, level: str | None) -> int:
+def _run(config: Config, level: str | None, path: str | None) -> int:
     from sidecar.runner import serve  # gevent is imported only when something runs
 
     _setup_logging(level or config.log_level)
     if config.source.startswith("built-in"):
         logging.getLogger("sidecar").info(
             "no config file given: running the built-in demo. Try: curl --socks5-hostname 127.0.0.1:1080 URL")
-    return serve(config)
+    return serve(config, path)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return _check(config)
     try:
-        return _run(config, args.log_level)
+        return _run(config, args.log_level, getattr(args, "config", None))
     except SidecarError as exc:
         print(f"sidecar: {exc}", file=sys.stderr)
         return EXIT_RUNTIME

@@ -4,6 +4,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -13,10 +14,10 @@ from sidecar import control
 from sidecar.config import Config, listeners
 from sidecar.errors import SidecarError
 from sidecar.net.sockets import describe_os_error
+from sidecar.reload import DRAIN_TIMEOUT_S, reload_roles
 from sidecar.roles import Role, build_role
 
 log = logging.getLogger("sidecar")
-DRAIN_TIMEOUT_S = 5.0
 
 
 class BindError(SidecarError):
@@ -43,16 +44,25 @@ def bind_all(config: Config) -> list[Role]:
     return roles
 
 
-def serve(config: Config, ready: Event | None = None) -> int:
-    """Run until SIGTERM or SIGINT; returns the exit status."""
+def serve(config: Config, config_path: str | None = None, ready: Event | None = None) -> int:
+    """Run until SIGTERM or SIGINT (SIGHUP reloads `config_path`); returns the exit status."""
     roles = bind_all(config)
     stop = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
     log.info("config: %s", config.source)
-    control_server = start_control(config, roles)
+    control_server = start_control(config, lambda: roles)
     for role in roles:
         role.start()
+
+    def reload() -> None:
+        nonlocal roles
+        if config_path is None:
+            log.warning("SIGHUP: no config file to reload (started without -c)")
+            return
+        roles = reload_roles(config_path, roles)[1]
+
+    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(reload))
     log.info("sidecar ready: %d role(s) running", len(roles))
     if ready is not None:
         ready.set()
@@ -63,7 +73,7 @@ def serve(config: Config, ready: Event | None = None) -> int:
     return 0
 
 
-def start_control(config: Config, roles: list[Role]) -> control.ControlServer | None:
+def start_control(config: Config, roles: Callable[[], list[Role]]) -> control.ControlServer | None:
     """The control socket for `sidecar status`. An explicit path that is taken is an error; the
     default path, when another sidecar already serves it, is skipped with a warning."""
     if not config.control_enabled:
@@ -73,14 +83,14 @@ def start_control(config: Config, roles: list[Role]) -> control.ControlServer | 
     def status(_: dict[str, Any]) -> dict[str, Any]:
         return {"pid": os.getpid(), "uptime_s": round(time.time() - started, 1), "config": config.source,
                 "roles": [{"name": r.config.name, "role": r.config.role, "counters": r.counters.snapshot()}
-                          for r in roles]}
+                          for r in roles()]}
 
     server = control.ControlServer(config.control_socket or control.default_path(), {"status": status}, log)
     try:
         server.start()
     except OSError as exc:
         if config.control_socket:
-            for role in roles:
+            for role in roles():
                 role.close()
             raise BindError(f"control socket {config.control_socket}: {exc} "
                             "(set [control] socket to a free path)") from None

@@ -97,6 +97,12 @@ class Cipher:
     def from_password(cls, method: Method, password: str) -> "Cipher":
         return cls(method, evp_bytes_to_key(password.encode(), method.key_len))
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Cipher) and (self.method, self.master_key) == (other.method, other.master_key)
+
+    def __hash__(self) -> int:
+        return hash((self.method.name, self.master_key))
+
     def session(self, salt: bytes) -> Aead:
         subkey = hkdf_sha1(self.master_key, salt, SUBKEY_INFO, self.method.key_len)
         return new_aead(self.method.family, subkey)
