@@ -89,12 +89,26 @@ RoleConfig = SsLocalConfig | SsTunnelConfig | SsRedirConfig | SsServerConfig
 
 
 @dataclass(frozen=True)
+class ManagerConfig:
+    """[manager]: the ss-manager UDP API; ports it adds run as ss-server roles with these settings."""
+
+    address: Endpoint
+    server: str = "0.0.0.0"
+    method: str = DEFAULT_METHOD
+    mode: str = "tcp_and_udp"
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     roles: list[RoleConfig]
     log_level: str = "info"
     source: str = "built-in default"
     control_socket: str | None = None  # None: the default path, shared with other sidecars if free
     control_enabled: bool = True
+    manager: ManagerConfig | None = None
+    stats_file: str | None = None  # counters saved here survive restarts
+    stats_interval_s: float = 10.0
 
 
 def _common(section: Section, role: str, index: int) -> dict[str, Any]:
@@ -205,6 +219,11 @@ def parse_config(doc: dict[str, Any], source: str) -> Config:
     control_enabled = control.get("enabled", bool, True)
     control_socket = control.get("socket", str, None)
     control.finish()
+    manager = _manager(Section("manager", top.get("manager", dict, {}))) if top.has("manager") else None
+    stats = Section("stats", top.get("stats", dict, {}))
+    stats_file = stats.get("file", str, None)
+    stats_interval_s = stats.number("interval_s", float, 10.0, 1, 3600)
+    stats.finish()
     roles: list[RoleConfig] = []
     for role, build in ROLE_BUILDERS.items():
         tables = top.get(role, (list, dict), [])  # type: ignore[arg-type]
@@ -215,12 +234,33 @@ def parse_config(doc: dict[str, Any], source: str) -> Config:
             roles.append(build(section, index))
             section.finish()
     _finish_top(top, doc)
-    if not roles:
+    if not roles and manager is None:
         tables = ", ".join(f"[[{r}]]" for r in ROLE_BUILDERS)
         raise ConfigError("(roles)", None, f"configure at least one role: {tables}")
     check_port_clashes(roles)
     return Config(roles=roles, log_level=level, source=source, control_socket=control_socket,
-                  control_enabled=control_enabled)
+                  control_enabled=control_enabled, manager=manager, stats_file=stats_file,
+                  stats_interval_s=stats_interval_s)
+
+
+def _manager(section: Section) -> ManagerConfig:
+    address = _target(section, "manager_address")
+    config = ManagerConfig(
+        address=Endpoint(section_ip(section, "manager_address", address.host), address.port),
+        server=section.ip("server", "0.0.0.0"),
+        method=method_by_name(section.get("method", str, DEFAULT_METHOD), section.key("method")).name,
+        mode=section.choice("mode", MODES, "tcp_and_udp"),
+        timeout_s=section.number("timeout", float, 60.0, 1, 86400),
+    )
+    section.finish()
+    return config
+
+
+def section_ip(section: Section, name: str, host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ConfigError(section.key(name), host, 'give an IP address and port, e.g. "127.0.0.1:6001"') from None
 
 
 def _finish_top(top: Section, doc: dict[str, Any]) -> None:
@@ -229,7 +269,8 @@ def _finish_top(top: Section, doc: dict[str, Any]) -> None:
     except ConfigError as exc:
         name = exc.key.lstrip(".")
         raise ConfigError(name, doc[name],
-                          f"unknown section; use [log], [control] or one of {', '.join(ROLE_BUILDERS)}") from None
+                          f"unknown section; use [log], [control], [manager], [stats] or one of "
+                          f"{', '.join(ROLE_BUILDERS)}") from None
 
 
 def listeners(role: RoleConfig) -> list[tuple[str, Endpoint]]:

@@ -5,6 +5,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -13,9 +14,11 @@ from gevent.event import Event
 from sidecar import control
 from sidecar.config import Config, listeners
 from sidecar.errors import SidecarError
+from sidecar.manager import Manager
 from sidecar.net.sockets import describe_os_error
 from sidecar.reload import DRAIN_TIMEOUT_S, reload_roles
 from sidecar.roles import Role, build_role
+from sidecar.stats_store import StatsStore
 
 log = logging.getLogger("sidecar")
 
@@ -44,33 +47,84 @@ def bind_all(config: Config) -> list[Role]:
     return roles
 
 
+class Running:
+    """What this process runs now: the config's roles (replaced by SIGHUP reloads) and the ports
+    the manager API added."""
+
+    def __init__(self, roles: list[Role]) -> None:
+        self.roles = roles
+        self.managed: list[Role] = []
+
+    def all(self) -> list[Role]:
+        return self.roles + self.managed
+
+
 def serve(config: Config, config_path: str | None = None, ready: Event | None = None) -> int:
     """Run until SIGTERM or SIGINT (SIGHUP reloads `config_path`); returns the exit status."""
-    roles = bind_all(config)
+    running = Running(bind_all(config))
     stop = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
     log.info("config: %s", config.source)
-    control_server = start_control(config, lambda: roles)
-    for role in roles:
+    stats = start_stats(config, running)
+    manager = start_manager(config, running, stats)
+    control_server = start_control(config, running.all)
+    for role in running.roles:
         role.start()
 
     def reload() -> None:
-        nonlocal roles
         if config_path is None:
             log.warning("SIGHUP: no config file to reload (started without -c)")
             return
-        roles = reload_roles(config_path, roles)[1]
+        running.roles = reload_roles(config_path, running.roles)[1]
+        if stats is not None:
+            for role in running.roles:
+                stats.restore_once(role)
 
     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(reload))
-    log.info("sidecar ready: %d role(s) running", len(roles))
+    log.info("sidecar ready: %d role(s) running", len(running.roles))
     if ready is not None:
         ready.set()
     stop.wait()
-    if control_server is not None:
-        control_server.stop()
-    shutdown(roles)
+    for service in (control_server, manager):
+        if service is not None:
+            service.stop()
+    shutdown(running.all())
+    if stats is not None:
+        stats.stop()
     return 0
+
+
+def start_stats(config: Config, running: Running) -> StatsStore | None:
+    """Counters that survive restarts ([stats] file): saved totals are added back as roles start."""
+    if config.stats_file is None:
+        return None
+    store = StatsStore(Path(config.stats_file), config.stats_interval_s,
+                       lambda: [(r.config.name, r.counters) for r in running.all()])
+    for role in running.roles:
+        store.restore_once(role)
+    store.start()
+    log.info("counters saved to %s every %.0f s", config.stats_file, config.stats_interval_s)
+    return store
+
+
+def start_manager(config: Config, running: Running, stats: StatsStore | None) -> Manager | None:
+    if config.manager is None:
+        return None
+
+    def added(role: Role) -> None:
+        if stats is not None:
+            stats.restore_once(role)
+        running.managed.append(role)
+
+    try:
+        manager = Manager(config.manager, added, running.managed.remove)
+    except OSError as exc:
+        for role in running.roles:
+            role.close()
+        raise BindError(f"manager: cannot listen on udp {config.manager.address}: {describe_os_error(exc)}") from None
+    manager.start()
+    return manager
 
 
 def start_control(config: Config, roles: Callable[[], list[Role]]) -> control.ControlServer | None:
