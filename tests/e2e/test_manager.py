@@ -21,6 +21,15 @@ def stat(port: int) -> dict[str, int]:
     return json.loads(reply[len("stat: "):])
 
 
+def start(manager: int, stats_file, tmp_path, name: str) -> Process:
+    proc = start_sidecar(config(manager, stats_file), tmp_path, name)
+    deadline = time.monotonic() + 15
+    while "sidecar ready" not in proc.output():  # UDP: a request sent before the bind is lost
+        assert time.monotonic() < deadline and proc.proc.poll() is None, proc.output()
+        time.sleep(0.05)
+    return proc
+
+
 def config(manager: int, stats_file) -> str:
     return f"""
 [control]
@@ -42,10 +51,9 @@ def test_add_use_remove_and_counters_survive_kill(tmp_path):
     echo = EchoServer()
     manager, port, socks = free_port(), free_port(), free_port()
     stats_file = tmp_path / "counters.msgpack"
-    proc = start_sidecar(config(manager, stats_file), tmp_path, "first")
+    proc = start(manager, stats_file, tmp_path, "first")
     client = None
     try:
-        time.sleep(1)
         assert ask(manager, f'add: {{"server_port": {port}, "password": "panel-pw"}}') == "ok"
         assert json.loads(ask(manager, "list")) == [{"server_port": str(port), "password": "panel-pw"}]
         client = Process([ss_local, "-s", "127.0.0.1", "-p", str(port), "-l", str(socks), "-k", "panel-pw",
@@ -58,8 +66,7 @@ def test_add_use_remove_and_counters_survive_kill(tmp_path):
         assert moved >= 600_000
         time.sleep(2.5)  # more than one save interval
         proc.stop(signal.SIGKILL)
-        proc = start_sidecar(config(manager, stats_file), tmp_path, "second")
-        time.sleep(1)
+        proc = start(manager, stats_file, tmp_path, "second")
         assert ask(manager, f'add: {{"server_port": {port}, "password": "panel-pw"}}') == "ok"
         assert stat(manager)[str(port)] == moved  # the totals came back from disk
         assert ask(manager, f'remove: {{"server_port": {port}}}') == "ok"
