@@ -77,7 +77,7 @@ def ss_pair(name: str, method: str, password: str = "bench-password") -> Contend
     server_port, socks_port = free_port(), free_port()
     if name == "sidecar":
         base = [sys.executable, "-m", "sidecar"]
-        server = base + ["ss-server", "--log-level", "warning"]
+        server = base + ["ss-server", "--log-level", "warning", "--allow-private"]
         local = base + ["ss-local", "--log-level", "warning"]
     else:
         server, local = [shutil.which("ss-server") or "ss-server"], [shutil.which("ss-local") or "ss-local"]

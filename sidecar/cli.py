@@ -35,6 +35,8 @@ def _libev_parser(sub: Any, role: str, help_text: str) -> None:
     p = sub.add_parser(role, help=help_text, description=f"{help_text} Flags mirror shadowsocks-libev's {role}.")
     if role == "ss-server":
         p.add_argument("-s", dest="server", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+        p.add_argument("--allow-private", dest="block_private", action="store_false", default=None,
+                       help="let clients reach private and loopback addresses (blocked by default)")
     else:
         p.add_argument("-s", dest="server", required=True, help="ss-server host name or address")
         p.add_argument("-l", dest="local_port", type=int, required=True, help="local port to listen on")
@@ -91,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config_from_flags(args: argparse.Namespace) -> Config:
     keys = ("server", "server_port", "local_port", "local_address", "password", "key", "method", "timeout",
-            "mode", "tunnel_address", "no_delay", "reuse_port")
+            "mode", "tunnel_address", "no_delay", "reuse_port", "block_private")
     table = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     return parse_config({args.command: [table]}, f"{args.command} flags")
 

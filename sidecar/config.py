@@ -13,6 +13,7 @@ from typing import Any
 
 from sidecar.config_reader import Section
 from sidecar.errors import ConfigError
+from sidecar.proto.acl import parse_acl
 from sidecar.proto.ss_aead import Cipher, decode_base64_key, method_by_name
 
 MODES = ("tcp_only", "tcp_and_udp", "udp_only")
@@ -42,6 +43,7 @@ class SsCommon:
     no_delay: bool
     reuse_port: bool
     max_connections: int
+    acl: str | None  # a shadowsocks-libev ACL file: routes for clients, the outbound block list for servers
 
     @property
     def tcp(self) -> bool:
@@ -80,6 +82,7 @@ class SsRedirConfig(SsCommon):
 @dataclass(frozen=True)
 class SsServerConfig(SsCommon):
     listen: Endpoint
+    block_private: bool = True  # refuse private, loopback and link-local destinations
     replay_capacity: int = 100_000
     replay_window_s: float = 3600.0
     probe_delay_s: tuple[float, float] = (10.0, 40.0)
@@ -97,6 +100,7 @@ class ManagerConfig:
     method: str = DEFAULT_METHOD
     mode: str = "tcp_and_udp"
     timeout_s: float = 60.0
+    block_private: bool = True
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,20 @@ def _common(section: Section, role: str, index: int) -> dict[str, Any]:
         "no_delay": section.get("no_delay", bool, True),
         "reuse_port": section.get("reuse_port", bool, False),
         "max_connections": section.number("max_connections", int, 1024, 1, 1_000_000),
+        "acl": _acl_file(section),
     }
+
+
+def _acl_file(section: Section) -> str | None:
+    """The ACL path, read and parsed now so that a bad file is a config error, not a runtime one."""
+    path = section.get("acl", str, None)
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(section.key("acl"), path, f"cannot read the ACL file ({exc.strerror})") from None
+        parse_acl(text, path)
+    return path
 
 
 def _endpoint(section: Section, host_key: str, port_key: str, *, bind: bool, host_default: Any = None) -> Endpoint:
@@ -200,6 +217,7 @@ def _ss_server(section: Section, index: int) -> SsServerConfig:
     return SsServerConfig(
         **_common(section, "ss-server", index),
         listen=_endpoint(section, "server", "server_port", bind=True, host_default="0.0.0.0"),
+        block_private=section.get("block_private", bool, True),
         replay_capacity=section.number("replay_capacity", int, 100_000, 100, 10_000_000),
         replay_window_s=section.number("replay_window_s", float, 3600.0, 1, 7 * 86400),
         probe_delay_s=(low, high),
@@ -251,6 +269,7 @@ def _manager(section: Section) -> ManagerConfig:
         method=method_by_name(section.get("method", str, DEFAULT_METHOD), section.key("method")).name,
         mode=section.choice("mode", MODES, "tcp_and_udp"),
         timeout_s=section.number("timeout", float, 60.0, 1, 86400),
+        block_private=section.get("block_private", bool, True),
     )
     section.finish()
     return config
@@ -317,8 +336,9 @@ def default_config() -> Config:
     """
     password = secrets.token_urlsafe(24)
     doc = {
+        # block_private off: the demo's point is reaching local services (curl to a local web server).
         "ss-server": [{"name": "demo-server", "server": "127.0.0.1", "server_port": 18388, "password": password,
-                       "mode": "tcp_and_udp"}],
+                       "mode": "tcp_and_udp", "block_private": False}],
         "ss-local": [{"name": "demo-local", "local_address": "127.0.0.1", "local_port": 1080, "mode": "tcp_and_udp",
                       "server": "127.0.0.1", "server_port": 18388, "password": password}],
     }

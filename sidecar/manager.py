@@ -102,7 +102,8 @@ class Manager:
     def _role_config(self, port: int, request: dict) -> RoleConfig:
         cfg = self.config
         table = {"name": f"port-{port}", "server": cfg.server, "server_port": port, "mode": cfg.mode,
-                 "timeout": cfg.timeout_s, "method": str(request.get("method", cfg.method))}
+                 "timeout": cfg.timeout_s, "method": str(request.get("method", cfg.method)),
+                 "block_private": cfg.block_private}
         if "key" in request:
             table["key"] = str(request["key"])
         else:

@@ -39,14 +39,21 @@ def connect_tcp(host: str, port: int, timeout_s: float, no_delay: bool) -> socke
     literal = literal_address(host, port)
     if literal is None:
         sock = socket.create_connection((host, port), timeout=timeout_s)
-    else:
-        sock = socket.socket(literal[0], socket.SOCK_STREAM)
-        sock.settimeout(timeout_s)
-        try:
-            sock.connect(literal[1])
-        except BaseException:
-            sock.close()
-            raise
+        if no_delay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    return connect_address(*literal, timeout_s, no_delay)
+
+
+def connect_address(family: int, sockaddr: tuple, timeout_s: float, no_delay: bool) -> socket.socket:
+    """A TCP connection to a resolved address; raises OSError on failure."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        sock.connect(sockaddr)
+    except BaseException:
+        sock.close()
+        raise
     if no_delay:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock

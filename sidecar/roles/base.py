@@ -2,6 +2,7 @@
 
 import logging
 import socket
+from pathlib import Path
 
 from gevent import socket as gsocket
 
@@ -13,12 +14,18 @@ from sidecar.net.sockets import bind_tcp, describe_os_error, family_of
 from sidecar.net.tcp_service import TcpService
 from sidecar.net.udp_nat import UdpNat
 from sidecar.net.udp_service import UdpService, bind_datagram_socket, recvfrom
+from sidecar.proto.acl import Acl, parse_acl
 
 COUNTERS = (
     "connections", "active", "rejected_limit", "errors", "bytes_up", "bytes_down", "connect_failures",
     "protocol_errors", "auth_failures", "replays", "timeouts", "udp_in", "udp_out", "udp_dropped",
-    "udp_associations", "udp_rejected_limit",
+    "udp_associations", "udp_rejected_limit", "blocked", "direct",
 )
+
+
+def load_acl(path: str) -> Acl:
+    """The ACL file a role names (already validated by `parse_config`, so a failure here is an OSError)."""
+    return parse_acl(Path(path).read_text(encoding="utf-8"), path)
 
 
 class Role:

@@ -9,11 +9,13 @@ from gevent import socket as gsocket
 
 from sidecar.config import SsServerConfig
 from sidecar.errors import AuthError, ProtocolError
-from sidecar.net.sockets import connect_tcp, describe_os_error
+from sidecar.net.outbound import BlockedDestination, OutboundPolicy
+from sidecar.net.sockets import connect_address, describe_os_error
+from sidecar.proto.acl import private_block_list
 from sidecar.proto.replay import ReplayFilter
 from sidecar.proto.socks_addr import ATYP_IPV4, ATYP_IPV6, encode_ip, parse_addr
 from sidecar.proto.ss_aead import TcpDecryptor, TcpEncryptor, decrypt_udp, encrypt_udp
-from sidecar.roles.base import Role
+from sidecar.roles.base import Role, load_acl
 
 CONNECT_TIMEOUT_S = 10.0
 RECV_SIZE = 65536
@@ -26,6 +28,10 @@ class SsServer(Role):
     def __init__(self, config: SsServerConfig) -> None:
         super().__init__(config)
         self.replay = ReplayFilter(config.replay_capacity, config.replay_window_s)
+        block = [private_block_list()] if config.block_private else []
+        if config.acl:
+            block.append(load_acl(config.acl))
+        self.outbound = OutboundPolicy(block)
 
     def describe(self) -> str:
         cfg = self.config
@@ -57,7 +63,11 @@ class SsServer(Role):
             return
         host, port, early = head
         try:
-            target = connect_tcp(host, port, CONNECT_TIMEOUT_S, cfg.no_delay)
+            target = connect_address(*self.outbound.resolve(host, port), CONNECT_TIMEOUT_S, cfg.no_delay)
+        except BlockedDestination as exc:
+            self.counters["blocked"] += 1
+            self.log.info("%s -> %s:%d refused: %s", peer[0], host, port, exc)
+            return
         except OSError as exc:
             self.counters["connect_failures"] += 1
             self.log.info("%s -> %s:%d failed: %s", peer[0], host, port, describe_os_error(exc))
@@ -129,6 +139,11 @@ class SsServer(Role):
 
     def _send_udp(self, client: tuple, destination: tuple[int, tuple], payload: bytes | memoryview) -> None:
         family, address = destination
+        try:
+            self.outbound.check_ip(address[0])
+        except BlockedDestination:
+            self.counters["blocked"] += 1
+            raise
         sock = self.nat.socket_for((client, family))
         if sock is not None:
             sock.sendto(payload, address)
@@ -136,9 +151,8 @@ class SsServer(Role):
 
     def _resolve_and_send(self, client: tuple, host: str, port: int, payload: bytes) -> None:
         try:
-            family, _, _, _, address = gsocket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
-            self._send_udp(client, (family, address), payload)
-        except OSError as exc:
+            self._send_udp(client, self.outbound.resolve(host, port, socket.SOCK_DGRAM), payload)
+        except (OSError, ProtocolError) as exc:
             self.counters["udp_dropped"] += 1
             self.log.debug("UDP to %s:%d dropped: %s", host, port, exc)
 

@@ -41,6 +41,7 @@ interval_s = 1
 
 [manager]
 manager_address = "127.0.0.1:{manager}"
+block_private = false  # the test target is on loopback
 server = "127.0.0.1"
 method = "aes-256-gcm"
 """

@@ -14,6 +14,7 @@ def config(server: int, local: int, password: str, extra: str = "") -> str:
 enabled = false
 
 [[ss-server]]
+block_private = false  # the test targets live on loopback or in 10.x
 name = "edge"
 server = "127.0.0.1"
 server_port = {server}
@@ -56,6 +57,7 @@ server_port = {other_server}
 password = "{password}"
 
 [[ss-server]]
+block_private = false  # the test targets live on loopback or in 10.x
 name = "second"
 server = "127.0.0.1"
 server_port = {other_server}

@@ -26,6 +26,7 @@ def echo():
 def server_config(port: int, password: str = "right") -> str:
     return f"""
 [[ss-server]]
+block_private = false  # the test targets live on loopback or in 10.x
 server = "127.0.0.1"
 server_port = {port}
 password = "{password}"
@@ -184,3 +185,34 @@ def test_udp_garbage_flood_and_replay_are_dropped(tmp_path):
     assert stats["udp_dropped"] == stats["auth_failures"] + stats["replays"]
     assert stats["replays"] == 1 and stats["udp_out"] == 3
     assert "Traceback" not in log
+
+
+def test_server_refuses_private_destinations_by_default(tmp_path, echo):
+    from tests.helpers import UdpEchoServer, socks5_udp_associate
+
+    udp = UdpEchoServer()
+    server_port, socks_port = free_port(), free_port()
+    default_server = server_config(server_port).replace("block_private = false", "")
+    server = start_sidecar(default_server.replace('method = "', 'mode = "tcp_and_udp"\nmethod = "'), tmp_path,
+                           "server", (server_port,))
+    client = start_sidecar(local_config(socks_port, server_port, "right").replace(
+        'method = "', 'mode = "tcp_and_udp"\nmethod = "'), tmp_path, "client", (socks_port,))
+    try:
+        for host in ("127.0.0.1", "localhost"):  # a name that resolves into a blocked range is refused too
+            with socks5_connect(socks_port, host, echo.port) as sock:
+                sock.sendall(b"knock")
+                sock.settimeout(3)
+                assert sock.recv(10) == b""
+        control, relay = socks5_udp_associate(socks_port)
+        with control, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.settimeout(1)
+            probe.sendto(b"\x00\x00\x00" + encode_addr("127.0.0.1", udp.port) + b"knock", relay)
+            with pytest.raises(TimeoutError):
+                probe.recv(100)
+    finally:
+        log = server.stop()
+        client.stop()
+        udp.close()
+    assert echo.connections == 0
+    stats = counters(log, "ss-server[0]")
+    assert stats["blocked"] == 3 and stats["udp_out"] == 0

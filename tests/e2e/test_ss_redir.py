@@ -80,6 +80,7 @@ SERVER = """
 enabled = false
 
 [[ss-server]]
+block_private = false  # the test targets live on loopback or in 10.x
 server = "10.211.0.2"
 server_port = 8388
 password = "router-test"

@@ -35,6 +35,7 @@ def pair(tmp_path):
     common = 'server = "127.0.0.1"\npassword = "pw"\nmethod = "aes-128-gcm"\nmode = "tcp_and_udp"\n'
     proc = start_sidecar(f"""
 [[ss-server]]
+block_private = false  # the test targets live on loopback or in 10.x
 server_port = {server}
 server = "127.0.0.1"
 password = "pw"
@@ -169,6 +170,7 @@ def test_connection_limit(tmp_path, echo):
     server, local = free_port(), free_port()
     proc = start_sidecar(f"""
 [[ss-server]]
+block_private = false  # the test targets live on loopback or in 10.x
 server = "127.0.0.1"
 server_port = {server}
 password = "pw"
@@ -201,6 +203,7 @@ def test_sigterm_drains_then_exits_cleanly(tmp_path, echo):
     server, local = free_port(), free_port()
     proc = start_sidecar(f"""
 [[ss-server]]
+block_private = false  # the test targets live on loopback or in 10.x
 server = "127.0.0.1"
 server_port = {server}
 password = "pw"

@@ -16,6 +16,7 @@ def test_status_shows_live_counters(tmp_path):
 socket = "{sock_path}"
 
 [[ss-server]]
+block_private = false  # the test targets live on loopback or in 10.x
 server = "127.0.0.1"
 server_port = {server}
 password = "pw"

@@ -75,6 +75,7 @@ def test_libev_ss_local_with_our_ss_server(method, tmp_path, targets):
     server_port, socks_port = free_port(), free_port()
     ours = start_sidecar(f"""
 [[ss-server]]
+block_private = false  # the test targets live on loopback or in 10.x
 server = "127.0.0.1"
 server_port = {server_port}
 password = "{PASSWORD}"
@@ -135,6 +136,7 @@ def test_xchacha20_with_libev(tmp_path, targets):
                    "-l", str(libev_local), "-m", method)
     ours = start_sidecar(f"""
 [[ss-server]]
+block_private = false  # the test targets live on loopback or in 10.x
 server = "127.0.0.1"
 server_port = {our_server}
 password = "{PASSWORD}"
@@ -167,7 +169,7 @@ def test_libev_flags_drive_our_roles(tmp_path, targets):
     libev_server, our_server, our_local, libev_local = free_port(), free_port(), free_port(), free_port()
     method = "chacha20-ietf-poly1305"
     ours = [
-        Process([sys.executable, "-m", "sidecar", "ss-server", "-s", "127.0.0.1", "-p", str(our_server),
+        Process([sys.executable, "-m", "sidecar", "ss-server", "-s", "127.0.0.1", "--allow-private", "-p", str(our_server),
                  "-k", PASSWORD, "-m", method, "-u"], tmp_path / "flags-server.log"),
         Process([sys.executable, "-m", "sidecar", "ss-local", "-s", "127.0.0.1", "-p", str(libev_server),
                  "-l", str(our_local), "-k", PASSWORD, "-m", method, "-u"], tmp_path / "flags-local.log"),
