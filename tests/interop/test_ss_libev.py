@@ -169,8 +169,8 @@ def test_libev_flags_drive_our_roles(tmp_path, targets):
     libev_server, our_server, our_local, libev_local = free_port(), free_port(), free_port(), free_port()
     method = "chacha20-ietf-poly1305"
     ours = [
-        Process([sys.executable, "-m", "sidecar", "ss-server", "-s", "127.0.0.1", "--allow-private", "-p", str(our_server),
-                 "-k", PASSWORD, "-m", method, "-u"], tmp_path / "flags-server.log"),
+        Process([sys.executable, "-m", "sidecar", "ss-server", "-s", "127.0.0.1", "--allow-private",
+                 "-p", str(our_server), "-k", PASSWORD, "-m", method, "-u"], tmp_path / "flags-server.log"),
         Process([sys.executable, "-m", "sidecar", "ss-local", "-s", "127.0.0.1", "-p", str(libev_server),
                  "-l", str(our_local), "-k", PASSWORD, "-m", method, "-u"], tmp_path / "flags-local.log"),
     ]
