@@ -1,0 +1,328 @@
+"""udp2raw client and server endpoints: a state machine (proto/u2r_client, u2r_server) driven in the hub.
+
+Event-driven like udp_service and relay: libev watchers on the raw receive socket, the local UDP
+socket (client) or the per-flow target sockets (server) call straight into the machine; one timer is
+kept armed at the machine's next deadline. After every input the outputs are flushed: events first
+(a new port must be reserved and filtered before the SYN leaves), then the raw packets.
+
+Roles wrap these: they build the codec/keys/options from the config, resolve addresses, decide on the
+firewall (see firewall.py) and call start()/stop().
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from gevent.hub import get_hub
+
+from sidecar.errors import ProtocolError
+from sidecar.metrics import Counters
+from sidecar.net.firewall import KEEP_RULE_INTERVAL_S, Firewall, FirewallError
+from sidecar.net.raw_filter import program
+from sidecar.net.raw_socket import attach_filter, open_receiver, open_sender, reserve_port
+from sidecar.net.udp_service import bind_datagram_socket
+from sidecar.proto.ipv4 import PROTO_ICMP
+from sidecar.proto.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, parse_raw
+from sidecar.proto.u2r_client import U2rClient
+from sidecar.proto.u2r_raw import PROTOCOL
+from sidecar.proto.u2r_server import U2rServer
+from sidecar.proto.u2r_session import Deliver, Disconnected, Event, FlowClosed, FlowData, FlowOpened, Handshaking, Ready
+
+BATCH = 64
+RECV_SIZE = 65536
+_READ = 1
+DRIVER_COUNTERS = ("raw_invalid", "raw_send_failed", "udp_send_failed", "port_busy", "errors")
+
+Machine = U2rClient | U2rServer
+
+
+class _Pump:
+    """Raw receive -> machine -> outputs, plus the deadline timer. `on_event` handles the events."""
+
+    def __init__(self, machine: Machine, receiver: socket.socket, on_event: Callable[[Event], None],
+                 counters: Counters, log: logging.Logger, sock_buf: int, force_buf: bool) -> None:
+        self.machine, self.receiver, self.on_event, self.counters, self.log = machine, receiver, on_event, counters, log
+        self.sender = open_sender(sock_buf, force_buf)
+        self.loop = get_hub().loop
+        self.reader = self.loop.io(receiver.fileno(), _READ)
+        self.timer = None
+        self.armed_at = float("inf")
+        self._buf = bytearray(RECV_SIZE)
+
+    def start(self) -> None:
+        self.reader.start(self._on_raw)
+        self.flush()
+
+    def now(self) -> float:
+        return self.loop.now()
+
+    def _on_raw(self) -> None:
+        machine, buf, now = self.machine, self._buf, self.loop.now()
+        view = memoryview(buf)
+        for _ in range(BATCH):
+            try:
+                n = self.receiver.recv_into(buf)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.log.debug("raw receive: %s", exc)
+                break
+            try:
+                machine.receive_raw(parse_raw(view[:n]), now)
+            except ProtocolError:
+                self.counters["raw_invalid"] += 1
+            except Exception as exc:  # a bug costs that packet only
+                self.counters["errors"] += 1
+                self.log.warning("raw packet dropped by an internal error: %r", exc)
+        self.flush()
+
+    def flush(self) -> None:
+        machine = self.machine
+        for event in machine.take_events():
+            self.on_event(event)
+        sender = self.sender
+        for packet in machine.take_packets():
+            try:
+                sender.sendto(packet, (socket.inet_ntoa(packet[16:20]), 0))
+            except OSError:  # a full send buffer or an unreachable route: that packet is lost
+                self.counters["raw_send_failed"] += 1
+        deadline = machine.next_deadline()
+        if deadline < self.armed_at:
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        if self.timer is not None:
+            self.timer.stop()
+            self.timer.close()
+        self.armed_at = deadline
+        self.timer = self.loop.timer(max(deadline - self.loop.now(), 0.001))
+        self.timer.start(self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.armed_at = float("inf")
+        self.machine.tick(self.loop.now())
+        self.flush()
+
+    def stop(self) -> None:
+        self.reader.stop()
+        self.reader.close()
+        if self.timer is not None:
+            self.timer.stop()
+            self.timer.close()
+        self.sender.close()
+        self.receiver.close()
+
+
+class _Rules:
+    """The endpoint's firewall rule: installed at start, re-asserted every 20 s with --keep-rule,
+    removed at stop (and by atexit, which `Firewall.install` registers, if stop never comes)."""
+
+    def __init__(self, firewall: Firewall | None, keep_rule: bool) -> None:
+        self.firewall = firewall
+        self.timer = None
+        if firewall is not None and keep_rule:
+            self.timer = get_hub().loop.timer(KEEP_RULE_INTERVAL_S, KEEP_RULE_INTERVAL_S)
+
+    def start(self) -> None:
+        if self.firewall is not None:
+            self.firewall.install()
+        if self.timer is not None:
+            self.timer.start(self._ensure)
+
+    def _ensure(self) -> None:
+        try:
+            self.firewall.ensure()
+        except FirewallError as exc:  # try again at the next interval
+            logging.getLogger("sidecar.firewall").warning("firewall: %s", exc)
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.stop()
+            self.timer.close()
+        if self.firewall is not None:
+            self.firewall.remove()
+
+
+class U2rClientEndpoint:
+    """`-c`: local UDP on `listen` <-> raw transport to the machine's server."""
+
+    def __init__(self, client: U2rClient, listen: tuple[str, int], log: logging.Logger, *,
+                 firewall: Firewall | None = None, keep_rule: bool = False, dev: str | None = None,
+                 sock_buf: int = 1024 * 1024, force_buf: bool = False) -> None:
+        self.client, self.log, self.rules = client, log, _Rules(firewall, keep_rule)
+        self.counters = Counters(DRIVER_COUNTERS)
+        self.mode = client.options.raw_mode
+        self.server_ip = socket.inet_ntoa(client.server_ip)
+        self.local_ip = socket.inet_ntoa(client.local_ip)
+        self.local = bind_datagram_socket(socket.AF_INET, listen, False)
+        receiver = open_receiver(self._program(0), dev, sock_buf, force_buf)
+        self.pump = _Pump(client, receiver, self._on_event, self.counters, log, sock_buf, force_buf)
+        self.reader = get_hub().loop.io(self.local.fileno(), _READ)
+        self.reserved: socket.socket | None = None
+
+    def _program(self, port: int) -> bytes:
+        if self.mode == "icmp":
+            return program(PROTO_ICMP, src=self.server_ip, icmp_type=ICMP_ECHO_REPLY, icmp_id=port)
+        return program(PROTOCOL[self.mode], src=self.server_ip, sport=self.client.server_port, dport=port)
+
+    def start(self) -> None:
+        self.rules.start()
+        self.client.start(self.pump.now())
+        self.reader.start(self._on_local)
+        self.pump.start()
+
+    def _on_local(self) -> None:
+        client, now = self.client, self.pump.now()
+        for _ in range(BATCH):
+            try:
+                data, addr = self.local.recvfrom(RECV_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.log.debug("local UDP receive: %s", exc)
+                break
+            client.send(addr, data, now)
+        self.pump.flush()
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, Deliver):
+            try:
+                self.local.sendto(event.payload, event.addr)
+            except OSError:
+                self.counters["udp_send_failed"] += 1
+        elif isinstance(event, Handshaking):
+            self._take_port(event.port)
+        elif isinstance(event, Ready):
+            self.log.info("u2r-client: connected to %s:%d from port %d", self.server_ip, self.client.server_port,
+                          self.client.local_port)
+        elif isinstance(event, Disconnected):
+            self.log.warning("u2r-client: reconnecting: %s", event.reason)
+
+    def _take_port(self, port: int) -> None:
+        """Reserve the machine's new port and point the filter at it; a busy port means another one."""
+        if self.reserved is not None:
+            self.reserved.close()
+            self.reserved = None
+        easy = self.mode == "easy-faketcp"
+        try:
+            self.reserved = reserve_port(self.mode, self.local_ip, port, listen=not easy)
+        except OSError:
+            self.counters["port_busy"] += 1
+            self.pump.loop.run_callback(self._retry_port)
+            return
+        attach_filter(self.pump.receiver, self._program(port))
+        if easy:  # the kernel does the 3-way handshake; the machine watches for its SYN-ACK
+            self.reserved.connect_ex((self.server_ip, self.client.server_port))
+
+    def _retry_port(self) -> None:
+        self.client.reconnect(self.pump.now())
+        self.pump.flush()
+
+    def stop(self) -> None:
+        self.reader.stop()
+        self.reader.close()
+        self.pump.stop()
+        self.local.close()
+        if self.reserved is not None:
+            self.reserved.close()
+        self.rules.stop()
+
+
+class U2rServerEndpoint:
+    """`-s`: raw transport on `listen` <-> one UDP socket per flow, connected to `target` (an IP, port)."""
+
+    def __init__(self, server: U2rServer, listen: tuple[str, int], target: tuple[str, int], log: logging.Logger, *,
+                 firewall: Firewall | None = None, keep_rule: bool = False, dev: str | None = None,
+                 sock_buf: int = 1024 * 1024, force_buf: bool = False) -> None:
+        self.server, self.target, self.log, self.rules = server, target, log, _Rules(firewall, keep_rule)
+        self.counters = Counters(DRIVER_COUNTERS)
+        mode = server.options.raw_mode
+        ip = None if listen[0] == "0.0.0.0" else listen[0]
+        if mode == "icmp":
+            prog = program(PROTO_ICMP, dst=ip, icmp_type=ICMP_ECHO_REQUEST)
+        else:
+            prog = program(PROTOCOL[mode], dst=ip, dport=listen[1])
+        self.reserved = reserve_port(mode, listen[0], listen[1])
+        self.pump = _Pump(server, open_receiver(prog, dev, sock_buf, force_buf), self._on_event, self.counters, log,
+                          sock_buf, force_buf)
+        self.flows: dict[int, tuple[socket.socket, Any]] = {}  # flow -> (socket, its libev watcher)
+        self.kernel_conns: list[socket.socket] = []
+        self.acceptor = get_hub().loop.io(self.reserved.fileno(), _READ) if mode == "easy-faketcp" else None
+
+    def start(self) -> None:
+        self.rules.start()
+        if self.acceptor is not None:
+            self.acceptor.start(self._accept)
+        self.pump.start()
+
+    def _accept(self) -> None:
+        """easy-faketcp: the kernel's listen socket completed a client's handshake; hold the socket."""
+        try:
+            conn, _ = self.reserved.accept()
+        except OSError:
+            return
+        self.kernel_conns.append(conn)
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, FlowData):
+            entry = self.flows.get(event.flow)
+            if entry is not None:
+                try:
+                    entry[0].send(event.payload)
+                except OSError:
+                    self.counters["udp_send_failed"] += 1
+        elif isinstance(event, FlowOpened):
+            self._open_flow(event.flow)
+        elif isinstance(event, FlowClosed):
+            self._close_flow(event.flow)
+        elif isinstance(event, Ready):
+            self.log.info("u2r-server: client %s:%d %s", socket.inet_ntoa(event.key[0]), event.key[1],
+                          "moved here with its flows" if event.moved else "connected")
+
+    def _open_flow(self, flow: int) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(self.target)
+        except OSError as exc:
+            self.log.warning("u2r-server: cannot reach %s:%d: %s", *self.target, exc)
+            sock.close()
+            return
+        watcher = self.pump.loop.io(sock.fileno(), _READ)
+        watcher.start(self._on_target, flow, sock)
+        self.flows[flow] = (sock, watcher)
+
+    def _on_target(self, flow: int, sock: socket.socket) -> None:
+        server, now = self.server, self.pump.now()
+        for _ in range(BATCH):
+            try:
+                data = sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:  # ICMP port unreachable from the target, reported on the next read
+                continue
+            server.send(flow, data, now)
+        self.pump.flush()
+
+    def _close_flow(self, flow: int) -> None:
+        entry = self.flows.pop(flow, None)
+        if entry is not None:
+            sock, watcher = entry
+            watcher.stop()
+            watcher.close()
+            sock.close()
+
+    def stop(self) -> None:
+        for flow in list(self.flows):
+            self._close_flow(flow)
+        if self.acceptor is not None:
+            self.acceptor.stop()
+            self.acceptor.close()
+        for conn in self.kernel_conns:
+            conn.close()
+        self.pump.stop()
+        self.reserved.close()
+        self.rules.stop()
