@@ -1,0 +1,115 @@
+"""Network namespaces for the raw-socket tests: a veth pair between a "server" and a "client" namespace,
+sockets opened inside a namespace from this process, packet captures and firewall listings there."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
+ETH_P_ALL = 0x0003
+SO_RCVBUFFORCE = 33
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def sh(*args: str, check: bool = True) -> str:
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    if check and proc.returncode:
+        raise RuntimeError(f"{' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def in_netns(name: str, fn: Callable[[], T]) -> T:
+    """Run `fn` in a thread that entered namespace `name`; sockets it opens stay in that namespace."""
+    result: dict[str, object] = {}
+
+    def enter() -> None:
+        fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+        try:
+            if _libc.setns(fd, CLONE_NEWNET):
+                raise OSError(ctypes.get_errno(), "setns")
+            result["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            result["error"] = exc
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=enter)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result["value"]  # type: ignore[return-value]
+
+
+class NetnsPair:
+    """Two namespaces joined by a veth: server 10.201.0.1, client 10.201.0.2. Always `delete()` it."""
+
+    SERVER_IP, CLIENT_IP = "10.201.0.1", "10.201.0.2"
+
+    def __init__(self, tag: str) -> None:
+        self.server, self.client = f"u2rs{tag}", f"u2rc{tag}"
+        self.server_dev, self.client_dev = f"u2rs{tag}"[:15], f"u2rc{tag}"[:15]
+
+    def create(self) -> None:
+        for ns in (self.server, self.client):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+        sh("ip", "link", "add", self.server_dev, "netns", self.server, "type", "veth", "peer", "name",
+           self.client_dev, "netns", self.client)
+        for ns, dev, ip in ((self.server, self.server_dev, self.SERVER_IP), (self.client, self.client_dev,
+                                                                              self.CLIENT_IP)):
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+
+    def delete(self) -> None:
+        for ns in (self.server, self.client):
+            sh("ip", "netns", "del", ns, check=False)
+
+    def rules(self, ns: str) -> str:
+        """Everything of ours or udp2raw's in the namespace's firewall ('' when clean)."""
+        tables = sh("ip", "netns", "exec", ns, "nft", "list", "tables", check=False)
+        chains = sh("ip", "netns", "exec", ns, "iptables", "-S", check=False)
+        found = [line for line in tables.splitlines() if "sidecar_u2r" in line]
+        found += [line for line in chains.splitlines() if "udp2rawDwrW" in line]
+        return "\n".join(found)
+
+
+def udp_socket(ns: str, bind: tuple[str, int]) -> socket.socket:
+    def make() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(bind)
+        return sock
+
+    return in_netns(ns, make)
+
+
+def capture(ns: str, dev: str) -> socket.socket:
+    """An AF_PACKET socket seeing every frame on `dev`, both directions (our own tcpdump)."""
+    def make() -> socket.socket:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
+        sock.bind((dev, ETH_P_ALL))
+        sock.setblocking(False)
+        return sock
+
+    return in_netns(ns, make)
+
+
+def captured_ipv4(sock: socket.socket) -> list[bytes]:
+    """Drain a capture socket: the IPv4 packets in it (Ethernet headers stripped)."""
+    packets = []
+    while True:
+        try:
+            frame = sock.recv(65536)
+        except BlockingIOError:
+            return packets
+        if frame[12:14] == b"\x08\x00":
+            packets.append(frame[14:])
