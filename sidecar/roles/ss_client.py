@@ -7,12 +7,14 @@ from gevent import socket as gsocket
 
 from sidecar.config import SsLocalConfig, SsRedirConfig, SsTunnelConfig
 from sidecar.errors import ProtocolError
-from sidecar.net.resolver import ResolvedAddress
+from sidecar.net.resolver import ResolvedAddress, literal_address
 from sidecar.net.sockets import connect_tcp, describe_os_error
+from sidecar.net.udp_nat import UdpNat
+from sidecar.proto.acl import DIRECT
 from sidecar.proto.socks5 import Reply
-from sidecar.proto.socks_addr import parse_addr
+from sidecar.proto.socks_addr import encode_addr, parse_addr
 from sidecar.proto.ss_aead import TcpDecryptor, TcpEncryptor, decrypt_udp, encrypt_udp
-from sidecar.roles.base import Role
+from sidecar.roles.base import Role, load_acl
 
 FIRST_DATA_WAIT_S = 0.05  # how long to wait for early client data to send with the address header
 
@@ -32,6 +34,8 @@ class SsClientRole(Role):
     def __init__(self, config: SsLocalConfig | SsTunnelConfig | SsRedirConfig) -> None:
         super().__init__(config)
         self._server_udp = ResolvedAddress(config.server.host, config.server.port, self.log)
+        self.acl = load_acl(config.acl) if config.acl else None
+        self._direct: UdpNat | None = None  # UDP the ACL sends around the proxy
 
     def start(self) -> None:
         if self.config.udp:
@@ -40,6 +44,8 @@ class SsClientRole(Role):
 
     def stop_accepting(self) -> None:
         self._server_udp.stop()
+        if self._direct is not None:
+            self._direct.close_all()
         super().stop_accepting()
 
     def connect_server(self) -> gsocket.socket:
@@ -51,6 +57,35 @@ class SsClientRole(Role):
             self.counters["connect_failures"] += 1
             self.log.info("cannot reach ss-server %s: %s", cfg.server, describe_os_error(exc))
             raise
+
+    def goes_direct(self, host: str) -> bool:
+        """True when the ACL routes `host` around the proxy."""
+        return self.acl is not None and self.acl.route(host) == DIRECT
+
+    def connect_upstream(self, host: str, port: int) -> tuple[gsocket.socket, bool]:
+        """(connection, direct): to the target itself when the ACL says direct, else to the ss-server."""
+        if not self.goes_direct(host):
+            return self.connect_server(), False
+        try:
+            return connect_tcp(host, port, min(self.config.timeout_s, 10.0), self.config.no_delay), True
+        except OSError as exc:
+            self.counters["connect_failures"] += 1
+            self.log.info("direct connection to %s:%d failed: %s", host, port, describe_os_error(exc))
+            raise
+
+    def relay_upstream(self, conn: gsocket.socket, upstream: gsocket.socket, direct: bool, host: str, port: int,
+                       early: bytes) -> None:
+        if not direct:
+            self.relay_through(conn, upstream, encode_addr(host, port), early)
+            return
+        self.counters["direct"] += 1
+        try:
+            if early:
+                upstream.sendall(early)
+        except OSError:
+            upstream.close()
+            return
+        self.relay_counted(conn, upstream, None, None, "direct connection")
 
     def relay_through(self, conn: gsocket.socket, server: gsocket.socket, header: bytes, early: bytes) -> None:
         """Send the target `header` (with early or first client data) and relay until both sides end."""
@@ -77,12 +112,50 @@ class SsClientRole(Role):
         sock.connect(address)
         return sock
 
+    def bind(self) -> None:
+        super().bind()
+        if self.acl is not None and self.config.udp:
+            cfg = self.config
+            self._direct = UdpNat(self._direct_socket, self._direct_reply, cfg.timeout_s, cfg.max_connections,
+                                  self.counters, self.log)
+
+    @staticmethod
+    def _direct_socket(key: tuple) -> socket.socket:
+        sock = socket.socket(key[1], socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        return sock
+
+    def _direct_reply(self, key: tuple, data: bytes, source: tuple) -> None:
+        self.deliver(key[0], (source[0], source[1]), data)
+
+    def deliver(self, client: tuple, remote: tuple[str, int], payload: bytes | memoryview) -> None:
+        """Hand a reply from `remote` to the client (each role in its own form)."""
+        raise NotImplementedError
+
     def send_datagram(self, client: tuple, plaintext: bytes) -> None:
-        """Encrypt `ATYP ADDR PORT DATA` and send it to the server on the client's association."""
+        """Send `ATYP ADDR PORT DATA` on the client's association: encrypted to the server, or as
+        DATA straight to ADDR:PORT when the ACL routes it around the proxy."""
+        if self._direct is not None and self._send_direct(client, plaintext):
+            return
         sock = self.nat.socket_for(client)
         if sock is not None:
             sock.send(encrypt_udp(self.config.cipher, plaintext))
             self.counters["udp_out"] += 1
+
+    def _send_direct(self, client: tuple, plaintext: bytes) -> bool:
+        parsed = parse_addr(plaintext)
+        if parsed is None or not self.goes_direct(parsed[0]):
+            return False
+        host, port, offset = parsed
+        destination = literal_address(host, port)
+        if destination is None:
+            raise ProtocolError(f"direct UDP to a name ({host}) is not supported; list its addresses in the ACL")
+        assert self._direct is not None
+        sock = self._direct.socket_for((client, destination[0]))
+        if sock is not None:
+            sock.sendto(memoryview(plaintext)[offset:], destination[1])
+            self.counters["direct"] += 1
+        return True
 
     def open_reply(self, data: bytes) -> tuple[bytes, tuple[str, int], int]:
         """(plaintext `ATYP ADDR PORT DATA`, the remote it came from, offset of DATA) of a server reply;

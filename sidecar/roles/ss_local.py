@@ -41,13 +41,13 @@ class SsLocal(SsClientRole):
             self._hold_udp_association(conn)
             return
         try:
-            server = self.connect_server()
+            upstream, direct = self.connect_upstream(request.host, request.port)
         except OSError as exc:
             conn.sendall(build_reply(reply_for(exc)))
             return
         bound = conn.getsockname()
         conn.sendall(build_reply(Reply.SUCCEEDED, bound[0], bound[1]))
-        self.relay_through(conn, server, encode_addr(request.host, request.port), shake.leftover)
+        self.relay_upstream(conn, upstream, direct, request.host, request.port, shake.leftover)
 
     def _handshake(self, conn: socket.socket, peer: tuple) -> Socks5Handshake | None:
         shake = Socks5Handshake(self.config.socks_users)
@@ -110,3 +110,6 @@ class SsLocal(SsClientRole):
     def handle_reply(self, key: tuple, data: bytes, source: tuple) -> None:
         plaintext, _, _ = self.open_reply(data)
         self.udp_listener.sendto(UDP_HEADER_PREFIX + plaintext, key)
+
+    def deliver(self, client: tuple, remote: tuple[str, int], payload: bytes | memoryview) -> None:
+        self.udp_listener.sendto(UDP_HEADER_PREFIX + encode_addr(*remote) + payload, client)

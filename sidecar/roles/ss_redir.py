@@ -55,10 +55,10 @@ class SsRedir(SsClientRole):
             self.log.info("no original destination for %s (not redirected?): %s", peer[0], exc)
             return
         try:
-            server = self.connect_server()
+            upstream, direct = self.connect_upstream(host, port)
         except OSError:
             return
-        self.relay_through(conn, server, encode_addr(host, port), b"")
+        self.relay_upstream(conn, upstream, direct, host, port, b"")
 
     def bind_udp_listener(self) -> socket.socket:
         listen = self.config.listen
@@ -74,7 +74,10 @@ class SsRedir(SsClientRole):
 
     def handle_reply(self, key: tuple, data: bytes, source: tuple) -> None:
         plaintext, remote, offset = self.open_reply(data)
-        self._sender(remote).sendto(memoryview(plaintext)[offset:], key)
+        self.deliver(key, remote, memoryview(plaintext)[offset:])
+
+    def deliver(self, client: tuple, remote: tuple[str, int], payload: bytes | memoryview) -> None:
+        self._sender(remote).sendto(payload, client)
 
     def _sender(self, remote: tuple[str, int]) -> socket.socket:
         """The socket that speaks as `remote` (created on first use; the oldest is closed past the cap)."""

@@ -32,3 +32,6 @@ class SsTunnel(SsClientRole):
     def handle_reply(self, key: tuple, data: bytes, source: tuple) -> None:
         plaintext, _, offset = self.open_reply(data)
         self.udp_listener.sendto(memoryview(plaintext)[offset:], key)
+
+    def deliver(self, client: tuple, remote: tuple[str, int], payload: bytes | memoryview) -> None:
+        self.udp_listener.sendto(payload, client)

@@ -4,6 +4,7 @@
                                            answered from SECOND_ADDR (a second remote, for full cone)
     client TCP_ADDR UDP_ADDR SIZE          one TCP echo of SIZE random bytes and one UDP exchange;
                                            prints a JSON report
+    tcp TCP_ADDR                           one short TCP echo; prints ok
 """
 
 import hashlib
@@ -47,6 +48,12 @@ def _tcp_echo(conn: socket.socket) -> None:
             conn.sendall(data)
 
 
+def tcp_once(tcp: str) -> None:
+    with socket.create_connection(_addr(tcp), timeout=20) as sock:
+        sock.sendall(b"ping")
+        print("ok" if sock.recv(4) == b"ping" else "bad", flush=True)
+
+
 def client(tcp: str, udp: str, size: int) -> None:
     data = os.urandom(size)
     with socket.create_connection(_addr(tcp), timeout=20) as sock:
@@ -72,4 +79,6 @@ def client(tcp: str, udp: str, size: int) -> None:
 
 
 if __name__ == "__main__":
-    {"target": lambda a: target(*a), "client": lambda a: client(a[0], a[1], int(a[2]))}[sys.argv[1]](sys.argv[2:])
+    commands = {"target": lambda a: target(*a), "client": lambda a: client(a[0], a[1], int(a[2])),
+                "tcp": lambda a: tcp_once(a[0])}
+    commands[sys.argv[1]](sys.argv[2:])

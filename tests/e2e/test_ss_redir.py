@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Process, require
+from tests.helpers import Process, counters, require
 
 PEER = str(Path(__file__).with_name("redir_peer.py"))
 TAG = str(os.getpid() % 100000)
@@ -131,6 +131,29 @@ def test_transparent_tcp_and_full_cone_udp(lab, tmp_path):
     assert "tcp-peer 10.210.0.2" not in seen and "tcp-peer" in seen  # the target never saw the client
     assert "udp-peer 10.210.0.2" not in seen and "udp-peer" in seen
     assert "firewall rules removed" in redir_log and "Traceback" not in redir_log
+
+
+def test_acl_sends_listed_destinations_direct(lab, tmp_path):
+    acl = tmp_path / "router.acl"
+    acl.write_text("[proxy_all]\n[bypass_list]\n10.211.0.4/32   # a 'domestic' range: no proxy\n")
+    target = subprocess.Popen(["ip", "netns", "exec", WAN, sys.executable, PEER, "target", "0.0.0.0:7000",
+                               "10.211.0.3:7001", "10.211.0.4:7002"], stdout=subprocess.PIPE, text=True)
+    server = start_in(WAN, SERVER, tmp_path, "server")
+    redir = start_in(ROUTER, REDIR + f'acl = "{acl}"\n', tmp_path, "redir")
+    try:
+        assert target.stdout.readline().strip() == "ready"
+        for address in ("10.211.0.4:7000", "10.211.0.3:7000"):
+            assert ns(CLIENT, sys.executable, PEER, "tcp", address).strip() == "ok"
+            time.sleep(0.2)
+        log = redir.stop()
+    finally:
+        redir.stop()
+        server.stop()
+        target.kill()
+    peers = [line.split()[1] for line in target.stdout.read().splitlines() if line.startswith("tcp-peer")]
+    assert peers[0] == "10.211.0.1"  # direct: the target sees the router itself
+    assert peers[1] not in ("10.211.0.1", "10.210.0.2")  # proxied: it sees the ss-server's side
+    assert counters(log, "ss-redir[0]")["direct"] == 1
 
 
 def test_rules_of_a_killed_router_are_replaced_and_removed(lab, tmp_path):

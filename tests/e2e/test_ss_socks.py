@@ -222,3 +222,32 @@ password = "pw"
     assert time.monotonic() - started < 9
     assert "closed 1 connection(s) still open after the drain" in log and "stopped" in log
     assert "Traceback" not in log
+
+
+def test_acl_bypass_goes_direct_for_tcp_and_udp(tmp_path, echo):
+    """With the ss-server unreachable, only what the ACL sends direct can work."""
+    tcp, udp = echo
+    local = free_port()
+    acl = tmp_path / "local.acl"
+    acl.write_text("[proxy_all]\n[bypass_list]\n127.0.0.1\n^localhost$\n")
+    proc = start_sidecar(f"""
+[[ss-local]]
+local_port = {local}
+server = "127.0.0.1"
+server_port = {free_port()}
+password = "pw"
+mode = "tcp_and_udp"
+acl = "{acl}"
+""", tmp_path, wait_ports=(local,))
+    try:
+        with socks5_connect(local, "127.0.0.1", tcp.port) as sock:
+            sent, received = echo_transfer(sock, 200_000)
+            assert sent == received
+        with pytest.raises(ConnectionError):
+            socks5_connect(local, "127.0.0.2", tcp.port)  # proxied: the dead server refuses
+        control, relay = socks5_udp_associate(local)
+        with control:
+            assert udp_round_trips(relay, udp.port, [b"direct"]) == [b"direct"]
+    finally:
+        log = proc.stop()
+    assert counters(log, "ss-local[0]")["direct"] == 2
