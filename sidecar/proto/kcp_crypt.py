@@ -13,7 +13,6 @@ from types import ModuleType
 from typing import Protocol
 
 from sidecar.errors import AuthError, ConfigError
-from sidecar.proto.crypto_backend import AES, CAST, DES3, Blowfish, Salsa20
 
 KEY_SALT = b"kcp-go"
 KEY_ITERATIONS = 4096
@@ -77,10 +76,11 @@ class _Salsa20Cipher:
 
     def __init__(self, key: bytes) -> None:
         self._key = key
+        self._salsa20 = _backend().Salsa20
 
     def encrypt(self, data: bytes) -> bytes:
         nonce = data[:SALSA20_CLEAR]
-        return nonce + Salsa20.new(key=self._key, nonce=nonce).encrypt(data[SALSA20_CLEAR:])
+        return nonce + self._salsa20.new(key=self._key, nonce=nonce).encrypt(data[SALSA20_CLEAR:])
 
     decrypt = encrypt
 
@@ -106,19 +106,27 @@ class _NoneCipher:
     decrypt = encrypt
 
 
-def _cfb(module: ModuleType, key_len: int) -> Callable[[bytes], _Cipher]:
-    return lambda key: _CfbCipher(module, key[:key_len])
+def _backend() -> ModuleType:
+    """pycryptodome, imported on first use: with cffi it costs ~14 MB of RSS that a process running
+    no kcp role (or only crypt none/xor) should not pay."""
+    from sidecar.proto import crypto_backend
+
+    return crypto_backend
+
+
+def _cfb(module_name: str, key_len: int) -> Callable[[bytes], _Cipher]:
+    return lambda key: _CfbCipher(getattr(_backend(), module_name), key[:key_len])
 
 
 # --crypt name -> cipher from the 32-byte derived key, with the key prefix kcptun cuts for it.
 _FACTORIES: dict[str, Callable[[bytes], _Cipher]] = {
-    "aes": _cfb(AES, 32),
-    "aes-128": _cfb(AES, 16),
-    "aes-192": _cfb(AES, 24),
+    "aes": _cfb("AES", 32),
+    "aes-128": _cfb("AES", 16),
+    "aes-192": _cfb("AES", 24),
     "salsa20": lambda key: _Salsa20Cipher(key[:32]),
-    "blowfish": _cfb(Blowfish, 32),
-    "cast5": _cfb(CAST, 16),
-    "3des": _cfb(DES3, 24),
+    "blowfish": _cfb("Blowfish", 32),
+    "cast5": _cfb("CAST", 16),
+    "3des": _cfb("DES3", 24),
     "xor": lambda key: _XorCipher(key[:32]),
     "none": lambda key: _NoneCipher(),
 }
