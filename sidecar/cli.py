@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from sidecar import __version__
+from sidecar import __version__, cli_udp2raw
 from sidecar.config import DEFAULT_METHOD, LOG_LEVELS, Config, default_config, load_config, parse_config
 from sidecar.errors import SidecarError
 from sidecar.proto.ss_aead import METHODS
@@ -26,6 +26,8 @@ and chains them in one process, configured by one TOML file.
   sidecar check -c FILE       validate FILE and print what would listen where
   sidecar status              print each role's counters from the running sidecar
   sidecar genkey -m METHOD    print a random base64 key for `key = "..."`
+  sidecar udp2raw -c|-s -l ADDR -r ADDR -k KEY [--raw-mode M] [-a]
+                              one udp2raw side from udp2raw's own flags
   sidecar ss-local -s HOST -p PORT -l PORT -k PASSWORD -m METHOD [-u]
                               one role from shadowsocks-libev's own flags (also ss-server, ss-tunnel)
 """
@@ -82,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "counters: bytes, connections, drops, auth failures, replays, ...")
     status.add_argument("--socket", metavar="PATH", help="control socket (default: the one `sidecar run` uses)")
     status.add_argument("--json", action="store_true", help="print the raw answer as JSON")
+    cli_udp2raw.add_parser(sub)
     genkey = sub.add_parser("genkey", help="print a random base64 key for a method")
     genkey.add_argument("-m", dest="method", default=DEFAULT_METHOD, choices=sorted(METHODS))
     for role, text in (("ss-local", "Run a SOCKS5 front that relays through an ss-server."),
@@ -99,6 +102,8 @@ def _config_from_flags(args: argparse.Namespace) -> Config:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    if args.command == "udp2raw":
+        return cli_udp2raw.config_from_args(args)
     if args.command in ("ss-local", "ss-server", "ss-tunnel"):
         return _config_from_flags(args)
     return load_config(args.config) if args.config else default_config()
@@ -153,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "status":
         return _status(args)
+    if args.command == "udp2raw":
+        try:
+            done = cli_udp2raw.run_action(args)
+        except SidecarError as exc:
+            print(f"sidecar: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        if done is not None:
+            return done
     if args.command == "genkey":
         print(base64.b64encode(os.urandom(METHODS[args.method].key_len)).decode())
         return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config_reader import Section
+from sidecar.config_u2r import U2rConfig, u2r_client, u2r_server
 from sidecar.errors import ConfigError
 from sidecar.proto.acl import parse_acl
 from sidecar.proto.ss_aead import Cipher, decode_base64_key, method_by_name
@@ -88,7 +89,7 @@ class SsServerConfig(SsCommon):
     probe_delay_s: tuple[float, float] = (10.0, 40.0)
 
 
-RoleConfig = SsLocalConfig | SsTunnelConfig | SsRedirConfig | SsServerConfig
+RoleConfig = SsLocalConfig | SsTunnelConfig | SsRedirConfig | SsServerConfig | U2rConfig
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,8 @@ def _ss_server(section: Section, index: int) -> SsServerConfig:
     )
 
 
-ROLE_BUILDERS = {"ss-local": _ss_local, "ss-tunnel": _ss_tunnel, "ss-redir": _ss_redir, "ss-server": _ss_server}
+ROLE_BUILDERS = {"ss-local": _ss_local, "ss-tunnel": _ss_tunnel, "ss-redir": _ss_redir, "ss-server": _ss_server,
+                 "u2r-client": u2r_client, "u2r-server": u2r_server}
 
 
 def parse_config(doc: dict[str, Any], source: str) -> Config:
@@ -310,7 +312,7 @@ def check_port_clashes(roles: list[RoleConfig]) -> None:
         for proto, endpoint in listeners(role):
             for other_proto, other, owner in seen:
                 if proto == other_proto and _overlap(endpoint, other):
-                    port_key = "server_port" if role.role == "ss-server" else "local_port"
+                    port_key = getattr(role, "listen_key", "server_port" if role.role == "ss-server" else "local_port")
                     raise ConfigError(f"{role.path}.{port_key}", endpoint.port,
                                       f"{proto} {endpoint} is already taken by {owner}; pick another port")
             seen.append((proto, endpoint, role.name))

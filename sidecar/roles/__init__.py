@@ -1,11 +1,13 @@
 """Roles: each assembles its stages from config, owns its listeners, counters and logs."""
 
 from sidecar.config import RoleConfig, SsLocalConfig, SsRedirConfig, SsServerConfig, SsTunnelConfig
+from sidecar.config_u2r import U2rConfig
 from sidecar.roles.base import Role
 from sidecar.roles.ss_local import SsLocal
 from sidecar.roles.ss_redir import SsRedir
 from sidecar.roles.ss_server import SsServer
 from sidecar.roles.ss_tunnel import SsTunnel
+from sidecar.roles.u2r import U2rRole
 
 
 def build_role(config: RoleConfig) -> Role:
@@ -17,4 +19,6 @@ def build_role(config: RoleConfig) -> Role:
         return SsRedir(config)
     if isinstance(config, SsServerConfig):
         return SsServer(config)
+    if isinstance(config, U2rConfig):
+        return U2rRole(config)
     raise TypeError(f"no role for {type(config).__name__}")

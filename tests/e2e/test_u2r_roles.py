@@ -1,0 +1,76 @@
+"""The u2r-server role (from TOML) and `sidecar udp2raw -c` (udp2raw's flags) in two namespaces:
+datagrams both ways, the weak-auth warning, the key never logged, the rules gone after stop."""
+
+import os
+import shutil
+import socket
+import sys
+import threading
+
+import pytest
+
+from tests.e2e.netns import NetnsPair, udp_socket
+from tests.e2e.test_u2r_raw import exchange, wait_line
+from tests.helpers import Process, require
+
+KEY = "role-test-key"
+
+
+@pytest.fixture
+def ns():
+    require(os.geteuid() == 0, "needs root for network namespaces, raw sockets and firewall rules")
+    require(shutil.which("nft") is not None, "needs nftables")
+    pair = NetnsPair(f"r{os.getpid() % 10000}")
+    try:
+        pair.create()
+        yield pair
+    finally:
+        pair.delete()
+
+
+def _echo(sock: socket.socket) -> None:
+    try:
+        while True:
+            data, peer = sock.recvfrom(65536)
+            sock.sendto(data, peer)
+    except OSError:
+        return
+
+
+@pytest.mark.parametrize(("mode", "cipher", "auth"), [("faketcp", "aes128cfb", "hmac_sha1"),
+                                                      ("udp", "aes128cbc", "md5")])
+def test_roles_carry_udp_and_clean_up(ns, tmp_path, mode, cipher, auth):
+    target = udp_socket(ns.server, ("127.0.0.1", 7000))
+    threading.Thread(target=_echo, args=(target,), daemon=True).start()
+    config = tmp_path / "server.toml"
+    config.write_text(f"""
+[control]
+enabled = false
+
+[[u2r-server]]
+listen = "{ns.SERVER_IP}:4096"
+remote = "127.0.0.1:7000"
+key = "{KEY}"
+raw_mode = "{mode}"
+cipher_mode = "{cipher}"
+auth_mode = "{auth}"
+""")
+    server = Process(["ip", "netns", "exec", ns.server, sys.executable, "-m", "sidecar", "run", "-c", str(config)],
+                     tmp_path / "server.log")
+    wait_line(server, "sidecar ready")
+    client = Process(["ip", "netns", "exec", ns.client, sys.executable, "-m", "sidecar", "udp2raw", "-c",
+                      "-l", "127.0.0.1:3333", "-r", f"{ns.SERVER_IP}:4096", "-k", KEY, "--raw-mode", mode,
+                      "--cipher-mode", cipher, "--auth-mode", auth, "-a"], tmp_path / "client.log")
+    try:
+        wait_line(client, "connected to")
+        app = udp_socket(ns.client, ("127.0.0.1", 0))
+        assert exchange(app, ("127.0.0.1", 3333), 500) == 500
+        assert ns.rules(ns.client) and ns.rules(ns.server)
+    finally:
+        client_log, server_log = client.stop(), server.stop()
+        target.close()
+    assert not ns.rules(ns.client) and not ns.rules(ns.server)
+    for log in (client_log, server_log):
+        assert KEY not in log and "Traceback" not in log
+    weak = "does not authenticate" in client_log
+    assert weak == (auth != "hmac_sha1")
