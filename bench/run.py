@@ -5,9 +5,10 @@ import datetime
 import os
 import platform
 import subprocess
+import tempfile
 from pathlib import Path
 
-from bench import ss_suite
+from bench import kcp_suite, ss_suite, u2r_suite
 from bench.plots import latency_cdf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,16 +40,45 @@ def ss_section(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def kcp_section(args: argparse.Namespace) -> list[str]:
+    lines = ["## kcp: kcptun pair (aes, fast, FEC 10/3, compression on)", "",
+             f"kcp-client -> impairer -> kcp-server -> target, on loopback, each pair as two processes, the "
+             f"impairer (bench/impair.py) between them: clean, and 2% and 10% random loss each way with 20 ms "
+             f"delay each way. Per round and contender: one {args.kcp_mb} MB download ({args.kcp_mb / 4:g} MB on "
+             f"the lossy links) and {args.kcp_exchanges} 64-byte exchanges; {args.rounds} rounds, contenders "
+             f"alternated. CPU is both processes' user+system seconds over all rounds. Reproduce: "
+             f"`python -m bench --suite kcp --rounds {args.rounds}`.", ""]
+    results = kcp_suite.run(args.rounds, args.kcp_mb * 1_000_000, args.kcp_exchanges)
+    return lines + kcp_suite.table(results) + [""]
+
+
+def u2r_section(args: argparse.Namespace) -> list[str]:
+    lines = ["## u2r: udp2raw roles between two network namespaces (needs root)", "",
+             "probe -> u2r-client -> raw faketcp over a veth -> u2r-server -> UDP echo, against the same probe "
+             "straight to an echo on the far namespace. 2,000 round trips of 64 bytes, then 1 s paced blasts of "
+             "1,200-byte datagrams at each rate (echoed, so the load runs both ways); \"loss-free\" is the "
+             "highest rate with at least 99.9% back. The real udp2raw is in no registry, so it is not run here; "
+             "its figures on this machine are in ../shared/specs/udp2raw.md section 11. Reproduce: "
+             "`sudo python -m bench --suite u2r`.", ""]
+    if os.geteuid() != 0:
+        return lines + ["(not run: needs root)", ""]
+    with tempfile.TemporaryDirectory() as tmp:
+        return lines + u2r_suite.table(u2r_suite.run(Path(tmp))) + [""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--suite", choices=["ss"], default="ss")
+    parser.add_argument("--suite", choices=["ss", "kcp", "u2r", "all"], default="all")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--bulk-mb", type=int, default=200)
     parser.add_argument("--exchanges", type=int, default=2000)
     parser.add_argument("--method", default="aes-256-gcm")
+    parser.add_argument("--kcp-mb", type=int, default=20)
+    parser.add_argument("--kcp-exchanges", type=int, default=300)
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args()
-    body = ss_section(args)
+    sections = {"ss": ss_section, "kcp": kcp_section, "u2r": u2r_section}
+    body = [line for name, section in sections.items() if args.suite in (name, "all") for line in section(args)]
     text = "\n".join(["# Benchmarks", "", f"Machine: {machine()}.", "",
                       "Measured, not asserted: each table comes from one run of the command it names.", "", *body])
     print(text)

@@ -17,7 +17,8 @@ class _Server:
     def __init__(self) -> None:
         self.sel = selectors.DefaultSelector()
         self.ports: dict[str, int] = {}
-        for name, handler in (("source", self._on_source_ready), ("echo", self._on_echo_ready)):
+        for name, handler in (("source", self._on_source_ready), ("echo", self._on_echo_ready),
+                              ("mux", self._on_mux_ready)):
             listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
             listener.setblocking(False)
             self.sel.register(listener, selectors.EVENT_READ, (self._accept, handler))
@@ -52,6 +53,21 @@ class _Server:
             pass
         self._close(conn)
 
+    def _on_mux_ready(self, conn: socket.socket, _) -> None:
+        """One target port for tunnels that forward to a single address: b"S" + size streams, b"E" echoes."""
+        try:
+            kind = conn.recv(1)
+        except OSError:
+            kind = b""
+        if kind == b"E":
+            self.sel.modify(conn, selectors.EVENT_READ, (self._on_echo_ready, None))
+        elif kind == b"S":
+            conn.setblocking(True)
+            conn.settimeout(30)
+            self._on_source_ready(conn, None)
+        else:
+            self._close(conn)
+
     def _on_source_ready(self, conn: socket.socket, _) -> None:
         """First read: an 8-byte size; then stream that many bytes (blocking: one download at a time)."""
         try:
@@ -83,12 +99,13 @@ class _Server:
 
 
 class Targets:
-    """The target process, started now; `source`, `echo` and `udp_echo` are its ports."""
+    """The target process, started now; `source`, `echo`, `mux` and `udp_echo` are its ports."""
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.targets"], stdout=subprocess.PIPE, text=True)
         ports = json.loads(self.proc.stdout.readline())  # type: ignore[union-attr]
         self.source, self.echo, self.udp_echo = ports["source"], ports["echo"], ports["udp_echo"]
+        self.mux = ports["mux"]
 
     def stop(self) -> None:
         self.proc.terminate()
