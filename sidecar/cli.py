@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from sidecar import __version__, cli_udp2raw
+from sidecar import __version__, cli_router, cli_udp2raw
 from sidecar.config import DEFAULT_METHOD, LOG_LEVELS, Config, default_config, load_config, parse_config
 from sidecar.errors import SidecarError
 from sidecar.proto.ss_aead import METHODS
@@ -25,6 +25,8 @@ and chains them in one process, configured by one TOML file.
   sidecar run -c FILE         run every role in FILE (see conf/ for commented examples)
   sidecar check -c FILE       validate FILE and print what would listen where
   sidecar status              print each role's counters from the running sidecar
+  sidecar ctl reload|stop     reload the config of (or stop) the running sidecar
+  sidecar rules up|down -c FILE  ss-redir's firewall rules by hand
   sidecar genkey -m METHOD    print a random base64 key for `key = "..."`
   sidecar udp2raw -c|-s -l ADDR -r ADDR -k KEY [--raw-mode M] [-a]
                               one udp2raw side from udp2raw's own flags
@@ -85,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--socket", metavar="PATH", help="control socket (default: the one `sidecar run` uses)")
     status.add_argument("--json", action="store_true", help="print the raw answer as JSON")
     cli_udp2raw.add_parser(sub)
+    cli_router.add_parsers(sub)
     genkey = sub.add_parser("genkey", help="print a random base64 key for a method")
     genkey.add_argument("-m", dest="method", default=DEFAULT_METHOD, choices=sorted(METHODS))
     for role, text in (("ss-local", "Run a SOCKS5 front that relays through an ss-server."),
@@ -158,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "status":
         return _status(args)
+    if args.command in ("rules", "ctl"):
+        try:
+            return cli_router.run_rules(args) if args.command == "rules" else cli_router.run_ctl(args)
+        except SidecarError as exc:
+            print(f"sidecar: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     if args.command == "udp2raw":
         try:
             done = cli_udp2raw.run_action(args)

@@ -78,6 +78,7 @@ class SsRedirConfig(SsCommon):
     bypass_private: bool = True
     fwmark: int = 0x5CA1
     route_table: int = 0x5CA
+    firewall: str = "auto"  # nft when present, else iptables
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,7 @@ def _ss_redir(section: Section, index: int) -> SsRedirConfig:
         bypass_private=section.get("bypass_private", bool, True),
         fwmark=section.number("fwmark", int, 0x5CA1, 1, 0xFFFFFFFF),
         route_table=section.number("route_table", int, 0x5CA, 1, 0xFFFFFFFE),
+        firewall=section.choice("firewall", ("auto", "nft", "iptables"), "auto"),
     )
 
 

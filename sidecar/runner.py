@@ -51,37 +51,40 @@ class Running:
     """What this process runs now: the config's roles (replaced by SIGHUP reloads) and the ports
     the manager API added."""
 
-    def __init__(self, roles: list[Role]) -> None:
+    def __init__(self, roles: list[Role], config_path: str | None) -> None:
         self.roles = roles
         self.managed: list[Role] = []
+        self.config_path = config_path
+        self.stats: StatsStore | None = None
 
     def all(self) -> list[Role]:
         return self.roles + self.managed
 
+    def reload(self) -> None:
+        """SIGHUP and `sidecar ctl reload`: apply the edited config file."""
+        if self.config_path is None:
+            log.warning("reload: no config file to reload (started without -c)")
+            return
+        self.roles = reload_roles(self.config_path, self.roles)[1]
+        if self.stats is not None:
+            for role in self.roles:
+                self.stats.restore_once(role)
+
 
 def serve(config: Config, config_path: str | None = None, ready: Event | None = None) -> int:
     """Run until SIGTERM or SIGINT (SIGHUP reloads `config_path`); returns the exit status."""
-    running = Running(bind_all(config))
+    running = Running(bind_all(config), config_path)
     stop = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
+    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(running.reload))
     log.info("config: %s", config.source)
-    stats = start_stats(config, running)
+    stats = running.stats = start_stats(config, running)
     manager = start_manager(config, running, stats)
-    control_server = start_control(config, running.all)
+    actions = {"reload": lambda: gevent.spawn(running.reload), "stop": stop.set}
+    control_server = start_control(config, running.all, actions)
     for role in running.roles:
         role.start()
-
-    def reload() -> None:
-        if config_path is None:
-            log.warning("SIGHUP: no config file to reload (started without -c)")
-            return
-        running.roles = reload_roles(config_path, running.roles)[1]
-        if stats is not None:
-            for role in running.roles:
-                stats.restore_once(role)
-
-    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(reload))
     log.info("sidecar ready: %d role(s) running", len(running.roles))
     if ready is not None:
         ready.set()
@@ -127,7 +130,8 @@ def start_manager(config: Config, running: Running, stats: StatsStore | None) ->
     return manager
 
 
-def start_control(config: Config, roles: Callable[[], list[Role]]) -> control.ControlServer | None:
+def start_control(config: Config, roles: Callable[[], list[Role]],
+                  actions: dict[str, Callable[[], object]]) -> control.ControlServer | None:
     """The control socket for `sidecar status`. An explicit path that is taken is an error; the
     default path, when another sidecar already serves it, is skipped with a warning."""
     if not config.control_enabled:
@@ -139,7 +143,14 @@ def start_control(config: Config, roles: Callable[[], list[Role]]) -> control.Co
                 "roles": [{"name": r.config.name, "role": r.config.role, "counters": r.counters.snapshot()}
                           for r in roles()]}
 
-    server = control.ControlServer(config.control_socket or control.default_path(), {"status": status}, log)
+    def act(name: str) -> control.Handler:
+        def handler(_: dict[str, Any]) -> dict[str, Any]:
+            actions[name]()
+            return {"result": f"{name}: done" if name == "stop" else f"{name}: started (see the log)"}
+        return handler
+
+    handlers = {"status": status, **{name: act(name) for name in actions}}
+    server = control.ControlServer(config.control_socket or control.default_path(), handlers, log)
     try:
         server.start()
     except OSError as exc:

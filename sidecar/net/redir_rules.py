@@ -1,8 +1,11 @@
-"""Firewall rules for ss-redir with nftables: LAN TCP is REDIRECTed and LAN UDP is TPROXY'd to the
-ss-redir port, except for the bypass set (private ranges, the ss-server's own addresses, the user's
-list). One table per port (`inet sidecar_redir_PORT`), so `up` replaces a stale one left by a
-killed process and `down` removes exactly ours. TPROXY needs policy routing: packets marked
-`fwmark` are delivered locally through routing table `route_table`.
+"""Firewall rules for ss-redir: LAN TCP is REDIRECTed and LAN UDP is TPROXY'd to the ss-redir port,
+except for the bypass set (private ranges, the ss-server's own addresses, the user's list).
+
+nftables (preferred): one table per port (`inet sidecar_redir_PORT`). iptables (where nft is missing):
+chains SIDECAR_REDIR_PORT (nat) and SIDECAR_TPROXY_PORT (mangle), jumped to from PREROUTING, for
+iptables and ip6tables. Either way `up` first removes what a killed process may have left, and
+`down` removes exactly ours. TPROXY needs policy routing: packets marked `fwmark` are delivered
+locally through routing table `route_table`.
 """
 
 import ipaddress
@@ -29,6 +32,7 @@ class RedirRules:
     fwmark: int = 0x5CA1
     route_table: int = 0x5CA
     private: tuple[str, ...] = field(default=PRIVATE_V4 + PRIVATE_V6)
+    backend: str = "nft"  # or "iptables"
 
     @property
     def table(self) -> str:
@@ -66,18 +70,52 @@ class RedirRules:
         return "\n".join([*lines, "}", ""])
 
     def up(self) -> None:
-        """Install (replacing a stale table of the same port) and add the TPROXY routing."""
+        """Install (replacing stale rules of the same port) and add the TPROXY routing."""
         self.down(quiet=True)
-        _run(["nft", "-f", "-"], self.ruleset())
+        if self.backend == "nft":
+            _run(["nft", "-f", "-"], self.ruleset())
+        else:
+            for command in self.iptables_commands():
+                _run(command)
         if self.udp:
             for family, everything in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
                 _run(["ip", family, "rule", "add", "fwmark", str(self.fwmark), "lookup", str(self.route_table)])
                 _run(["ip", family, "route", "replace", "local", everything, "dev", "lo", "table",
                       str(self.route_table)])
 
+    def iptables_commands(self) -> list[list[str]]:
+        v4, v6 = self._sets()
+        commands = []
+        for tool, nets in (("iptables", v4), ("ip6tables", v6)):
+            redirect, tproxy = f"SIDECAR_REDIR_{self.port}", f"SIDECAR_TPROXY_{self.port}"
+            commands += [[tool, "-t", "nat", "-N", redirect]]
+            commands += [[tool, "-t", "nat", "-A", redirect, "-d", net, "-j", "RETURN"] for net in nets]
+            commands += [[tool, "-t", "nat", "-A", redirect, "-p", "tcp", "-j", "REDIRECT", "--to-ports",
+                          str(self.port)],
+                         [tool, "-t", "nat", "-I", "PREROUTING", "-i", self.lan, "-j", redirect]]
+            if self.udp:
+                commands += [[tool, "-t", "mangle", "-N", tproxy]]
+                commands += [[tool, "-t", "mangle", "-A", tproxy, "-d", net, "-j", "RETURN"] for net in nets]
+                commands += [[tool, "-t", "mangle", "-A", tproxy, "-p", "udp", "-j", "TPROXY", "--on-port",
+                              str(self.port), "--tproxy-mark", str(self.fwmark)],
+                             [tool, "-t", "mangle", "-I", "PREROUTING", "-i", self.lan, "-j", tproxy]]
+        return commands
+
+    def _iptables_removal(self) -> list[list[str]]:
+        commands = []
+        for tool in ("iptables", "ip6tables"):
+            for table, chain in (("nat", f"SIDECAR_REDIR_{self.port}"), ("mangle", f"SIDECAR_TPROXY_{self.port}")):
+                commands += [[tool, "-t", table, "-D", "PREROUTING", "-i", self.lan, "-j", chain],
+                             [tool, "-t", table, "-F", chain], [tool, "-t", table, "-X", chain]]
+        return commands
+
     def down(self, quiet: bool = False) -> None:
-        """Remove the table and the routing; with `quiet`, what is already gone is no error."""
-        commands = [["nft", "delete", "table", "inet", self.table]]
+        """Remove the rules and the routing; with `quiet`, what is already gone is no error."""
+        if self.backend == "nft":
+            commands = [["nft", "delete", "table", "inet", self.table]]
+        else:
+            commands = self._iptables_removal()
+            quiet = True  # a chain or jump already gone is fine: the aim is that none is left
         for family in ("-4", "-6"):
             commands += [["ip", family, "rule", "del", "fwmark", str(self.fwmark), "lookup", str(self.route_table)],
                          ["ip", family, "route", "flush", "table", str(self.route_table)]]
@@ -89,8 +127,11 @@ class RedirRules:
                     raise
 
     def installed(self) -> bool:
-        out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False).stdout
-        return f"inet {self.table}" in out
+        if self.backend == "nft":
+            out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False).stdout
+            return f"inet {self.table}" in out
+        out = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True, check=False).stdout
+        return f"SIDECAR_REDIR_{self.port}" in out
 
 
 def _elements(networks: list[str]) -> str:

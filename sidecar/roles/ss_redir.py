@@ -9,6 +9,7 @@ from gevent import socket as gsocket
 
 from sidecar.config import SsRedirConfig
 from sidecar.errors import ProtocolError
+from sidecar.net.firewall import detect_backend
 from sidecar.net.redir_rules import PRIVATE_V4, PRIVATE_V6, RedirRules, RulesError
 from sidecar.net.sockets import family_of
 from sidecar.net.transparent import original_dst, recv_with_destination, tproxy_udp_listener, transparent_sender
@@ -31,15 +32,9 @@ class SsRedir(SsClientRole):
         """With `lan_interface` set, install the firewall rules first (replacing stale ones of a killed run)."""
         cfg = self.config
         if cfg.lan_interface:
-            try:
-                found = gsocket.getaddrinfo(cfg.server.host, cfg.server.port, 0, socket.SOCK_STREAM)
-            except OSError as exc:
-                raise RulesError(f"cannot resolve ss-server {cfg.server.host} for the bypass set: {exc}") from None
-            server = tuple(f"{a[4][0]}/{32 if a[0] == socket.AF_INET else 128}" for a in found)
-            self._rules = RedirRules(cfg.listen.port, cfg.lan_interface, server + cfg.bypass, cfg.udp,
-                                     cfg.fwmark, cfg.route_table, PRIVATE if cfg.bypass_private else ())
+            self._rules = rules_for(cfg, cfg.lan_interface)
             self._rules.up()
-            self.log.info("firewall rules installed on %s (nft table inet %s)", cfg.lan_interface, self._rules.table)
+            self.log.info("firewall rules installed on %s (%s)", cfg.lan_interface, self._rules.backend)
         super().start()
 
     def describe(self) -> str:
@@ -94,10 +89,22 @@ class SsRedir(SsClientRole):
     def stop_accepting(self) -> None:
         if self._rules is not None:
             self._rules.down(quiet=True)
-            self.log.info("firewall rules removed (nft table inet %s)", self._rules.table)
+            self.log.info("firewall rules removed (%s)", self._rules.backend)
             self._rules = None
         super().stop_accepting()
         for sock in self._senders.values():
             sock.close()
         self._senders.clear()
 
+
+
+def rules_for(cfg: SsRedirConfig, lan: str) -> RedirRules:
+    """The firewall rules of an ss-redir role on `lan` (the ss-server's addresses resolved now)."""
+    try:
+        found = gsocket.getaddrinfo(cfg.server.host, cfg.server.port, 0, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise RulesError(f"cannot resolve ss-server {cfg.server.host} for the bypass set: {exc}") from None
+    server = tuple(f"{a[4][0]}/{32 if a[0] == socket.AF_INET else 128}" for a in found)
+    backend = detect_backend() if cfg.firewall == "auto" else cfg.firewall
+    return RedirRules(cfg.listen.port, lan, server + cfg.bypass, cfg.udp, cfg.fwmark, cfg.route_table,
+                      PRIVATE if cfg.bypass_private else (), backend)

@@ -105,14 +105,16 @@ bypass_private = false   # this lab lives in 10.x; a router keeps the default (p
 
 
 def rules_present() -> bool:
-    return "sidecar_redir" in ns(ROUTER, "nft", "list", "tables")
+    return ("sidecar_redir" in ns(ROUTER, "nft", "list", "tables")
+            or "SIDECAR_REDIR" in ns(ROUTER, "iptables", "-t", "nat", "-S"))
 
 
-def test_transparent_tcp_and_full_cone_udp(lab, tmp_path):
+@pytest.mark.parametrize("firewall", ["nft", "iptables"])
+def test_transparent_tcp_and_full_cone_udp(lab, tmp_path, firewall):
     target = subprocess.Popen(["ip", "netns", "exec", WAN, sys.executable, PEER, "target", "10.211.0.3:7000",
                                "10.211.0.3:7001", "10.211.0.4:7002"], stdout=subprocess.PIPE, text=True)
     server = start_in(WAN, SERVER, tmp_path, "server")
-    redir = start_in(ROUTER, REDIR, tmp_path, "redir")
+    redir = start_in(ROUTER, REDIR + f'firewall = "{firewall}"\n', tmp_path, "redir")
     try:
         assert target.stdout.readline().strip() == "ready"
         assert rules_present()
@@ -166,3 +168,17 @@ def test_rules_of_a_killed_router_are_replaced_and_removed(lab, tmp_path):
     log = again.stop()
     assert not rules_present() and "Traceback" not in log
     assert "fwmark" not in ns(ROUTER, "ip", "rule", "list")
+
+
+def test_rules_command_up_and_down(lab, tmp_path):
+    config = tmp_path / "router.toml"
+    config.write_text(REDIR.replace(f'lan_interface = "{LAN_DEV}"', ""))
+    run = ["ip", "netns", "exec", ROUTER, sys.executable, "-m", "sidecar", "rules"]
+    printed = subprocess.run([*run, "print", "-c", str(config), "--lan", LAN_DEV], capture_output=True, text=True)
+    assert "tproxy" in printed.stdout and LAN_DEV in printed.stdout
+    assert subprocess.run([*run, "up", "-c", str(config), "--lan", LAN_DEV], capture_output=True).returncode == 0
+    assert rules_present()
+    assert subprocess.run([*run, "down", "-c", str(config), "--lan", LAN_DEV], capture_output=True).returncode == 0
+    assert not rules_present()
+    missing = subprocess.run([*run, "up", "-c", str(config)], capture_output=True, text=True)
+    assert missing.returncode == 2 and "--lan" in missing.stderr

@@ -52,3 +52,27 @@ def test_status_without_a_process_says_so(tmp_path):
     out = subprocess.run([sys.executable, "-m", "sidecar", "status", "--socket", str(tmp_path / "none.sock")],
                          capture_output=True, text=True, timeout=20)
     assert out.returncode == 1 and "no running sidecar answers" in out.stderr
+
+
+def test_ctl_reload_and_stop(tmp_path):
+    local = free_port()
+    sock_path = tmp_path / "control.sock"
+    config = f"""
+[control]
+socket = "{sock_path}"
+
+[[ss-local]]
+local_port = {local}
+server = "127.0.0.1"
+server_port = 9
+password = "pw"
+"""
+    proc = start_sidecar(config, tmp_path, wait_ports=(local,))
+    ctl = [sys.executable, "-m", "sidecar", "ctl", "--socket", str(sock_path)]
+    out = subprocess.run([*ctl, "reload"], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and "reload" in out.stdout
+    out = subprocess.run([*ctl, "stop"], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0
+    proc.proc.wait(15)
+    log = proc.output()
+    assert proc.proc.returncode == 0 and "reloaded" in log and "stopped" in log
