@@ -21,12 +21,17 @@ def original_dst(sock: socket.socket, listen_port: int) -> tuple[str, int]:
     """Where a redirected or TPROXY'd TCP connection was going."""
     local = sock.getsockname()
     if local[1] != listen_port:
-        return local[0], local[1]  # TPROXY: the socket already has the original address
-    if sock.family == socket.AF_INET6:
+        return unmapped(local[0]), local[1]  # TPROXY: the socket already has the original address
+    if sock.family == socket.AF_INET6 and not local[0].startswith("::ffff:"):
         raw = sock.getsockopt(SOL_IPV6, SO_ORIGINAL_DST, 28)
         return socket.inet_ntop(socket.AF_INET6, raw[8:24]), struct.unpack_from("!H", raw, 2)[0]
     raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     return socket.inet_ntop(socket.AF_INET, raw[4:8]), struct.unpack_from("!H", raw, 2)[0]
+
+
+def unmapped(host: str) -> str:
+    """An IPv4 address seen through a dual-stack socket (::ffff:a.b.c.d) as plain a.b.c.d."""
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
 
 
 def tproxy_udp_listener(family: int, address: tuple[str, int]) -> socket.socket:

@@ -12,7 +12,13 @@ from sidecar.errors import ProtocolError
 from sidecar.net.firewall import detect_backend
 from sidecar.net.redir_rules import PRIVATE_V4, PRIVATE_V6, RedirRules, RulesError
 from sidecar.net.sockets import family_of
-from sidecar.net.transparent import original_dst, recv_with_destination, tproxy_udp_listener, transparent_sender
+from sidecar.net.transparent import (
+    original_dst,
+    recv_with_destination,
+    tproxy_udp_listener,
+    transparent_sender,
+    unmapped,
+)
 from sidecar.proto.socks_addr import encode_addr
 from sidecar.roles.ss_client import SsClientRole
 
@@ -65,7 +71,8 @@ class SsRedir(SsClientRole):
     def handle_datagram(self, data: bytes, source: tuple, destination: tuple[str, int] | None) -> None:
         if destination is None:
             raise ProtocolError("datagram without an original destination (not TPROXY'd?)")
-        self.send_datagram(source[:2], encode_addr(*destination) + data)
+        # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; replies to them leave IPv4 sockets.
+        self.send_datagram((unmapped(source[0]), source[1]), encode_addr(*destination) + data)
 
     def handle_reply(self, key: tuple, data: bytes, source: tuple) -> None:
         plaintext, remote, offset = self.open_reply(data)

@@ -17,27 +17,33 @@ import threading
 
 def _addr(text: str) -> tuple[str, int]:
     host, port = text.rsplit(":", 1)
-    return host, int(port)
+    return host.strip("[]"), int(port)
+
+
+def _udp(address: tuple[str, int]) -> socket.socket:
+    return socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_DGRAM)
 
 
 def target(tcp: str, udp: str, second: str) -> None:
-    listener = socket.create_server(_addr(tcp))
-    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    address = _addr(tcp)
+    listener = socket.create_server(address, family=socket.AF_INET6 if ":" in address[0] else socket.AF_INET,
+                                    dualstack_ipv6=address[0] == "::")
+    echo = _udp(_addr(udp))
     echo.bind(_addr(udp))
-    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other = _udp(_addr(second))
     other.bind(_addr(second))
     threading.Thread(target=_udp_loop, args=(echo, other), daemon=True).start()
     print("ready", flush=True)
     while True:
         conn, peer = listener.accept()
-        print(f"tcp-peer {peer[0]}", flush=True)
+        print(f"tcp-peer {peer[0].removeprefix('::ffff:')}", flush=True)
         threading.Thread(target=_tcp_echo, args=(conn,), daemon=True).start()
 
 
 def _udp_loop(echo: socket.socket, other: socket.socket) -> None:
     while True:
         data, peer = echo.recvfrom(65536)
-        print(f"udp-peer {peer[0]}", flush=True)
+        print(f"udp-peer {peer[0].removeprefix('::ffff:')}", flush=True)
         echo.sendto(data, peer)
         other.sendto(b"second:" + data, peer)
 
@@ -66,7 +72,7 @@ def client(tcp: str, udp: str, size: int) -> None:
             digest.update(chunk)
             got += len(chunk)
     report = {"tcp_ok": digest.hexdigest() == hashlib.sha256(data).hexdigest(), "udp": []}
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with _udp(_addr(udp)) as sock:
         sock.settimeout(5)
         sock.sendto(b"game-packet", _addr(udp))
         for _ in range(2):
@@ -74,7 +80,8 @@ def client(tcp: str, udp: str, size: int) -> None:
                 payload, source = sock.recvfrom(65536)
             except TimeoutError:
                 break
-            report["udp"].append([payload.decode(), f"{source[0]}:{source[1]}"])
+            host = f"[{source[0]}]" if ":" in source[0] else source[0]
+            report["udp"].append([payload.decode(), f"{host}:{source[1]}"])
     print(json.dumps(report), flush=True)
 
 

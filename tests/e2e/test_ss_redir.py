@@ -53,9 +53,16 @@ def lab():
             for addr in addrs:
                 ns(name, "ip", "addr", "add", addr, "dev", dev)
             ns(name, "ip", "link", "set", dev, "up")
+        for name, dev, addrs in ((CLIENT, f"rc{TAG}", ["fd10::2/64"]), (ROUTER, LAN_DEV, ["fd10::1/64"]),
+                                 (ROUTER, f"rwan{TAG}", ["fd11::1/64"]), (WAN, f"w{TAG}", ["fd11::2/64", "fd11::3/64",
+                                                                                         "fd11::4/64"])):
+            for addr in addrs:
+                ns(name, "ip", "-6", "addr", "add", addr, "dev", dev, "nodad")
         ns(CLIENT, "ip", "route", "add", "default", "via", "10.210.0.1")
+        ns(CLIENT, "ip", "-6", "route", "add", "default", "via", "fd10::1")
         ns(WAN, "ip", "route", "add", "10.210.0.0/24", "via", "10.211.0.1")
-        ns(ROUTER, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        ns(WAN, "ip", "-6", "route", "add", "fd10::/64", "via", "fd11::1")
+        ns(ROUTER, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
         yield
     finally:
         for name in (CLIENT, ROUTER, WAN):
@@ -182,3 +189,27 @@ def test_rules_command_up_and_down(lab, tmp_path):
     assert not rules_present()
     missing = subprocess.run([*run, "up", "-c", str(config)], capture_output=True, text=True)
     assert missing.returncode == 2 and "--lan" in missing.stderr
+
+
+def test_ipv6_and_ipv4_through_one_dual_stack_listener(lab, tmp_path):
+    target = subprocess.Popen(["ip", "netns", "exec", WAN, sys.executable, PEER, "target", "[::]:7000",
+                               "[fd11::3]:7001", "[fd11::4]:7002"], stdout=subprocess.PIPE, text=True)
+    server = start_in(WAN, SERVER, tmp_path, "server")
+    redir = start_in(ROUTER, REDIR.replace("local_port = 1081", 'local_address = "::"\nlocal_port = 1081'),
+                     tmp_path, "redir")
+    try:
+        assert target.stdout.readline().strip() == "ready"
+        report = json.loads(ns(CLIENT, sys.executable, PEER, "client", "[fd11::3]:7000", "[fd11::3]:7001",
+                               str(2 * 1024 * 1024)))
+        assert report["tcp_ok"]
+        assert sorted(report["udp"]) == [["game-packet", "[fd11::3]:7001"],
+                                         ["second:game-packet", "[fd11::4]:7002"]]
+        assert ns(CLIENT, sys.executable, PEER, "tcp", "10.211.0.3:7000").strip() == "ok"  # IPv4, same listener
+        log = redir.stop()
+    finally:
+        redir.stop()
+        server.stop()
+        target.kill()
+    seen = target.stdout.read()
+    assert "fd10::2" not in seen and "10.210.0.2" not in seen  # the target never saw the client
+    assert counters(log, "ss-redir[0]")["protocol_errors"] == 0
