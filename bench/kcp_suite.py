@@ -29,7 +29,7 @@ class KcpResult:
     rss_kib: int = 0
 
 
-def _command(impl: str, role: str) -> list[str]:
+def command(impl: str, role: str) -> list[str]:
     if impl == "sidecar":
         return [sys.executable, "-m", "sidecar", role, "--log-level", "warning"]
     return [shutil.which(f"kcptun-{role.split('-')[1]}") or f"kcptun-{role.split('-')[1]}", "--quiet"]
@@ -39,12 +39,12 @@ def kcp_pair(impl: str, target_port: int, loss: float, delay_ms: float) -> tuple
     """kcp-server and kcp-client of one implementation, an impairer between them; (contender, impairer)."""
     server_port, local_port = free_port(), free_port()
     common = ["--key", KEY, "--crypt", "aes", "--mode", "fast", "--datashard", "10", "--parityshard", "3"]
-    server = spawn(_command(impl, "kcp-server") + ["-l", f"127.0.0.1:{server_port}", "-t",
+    server = spawn(command(impl, "kcp-server") + ["-l", f"127.0.0.1:{server_port}", "-t",
                                                    f"127.0.0.1:{target_port}", *common])
     impairer = spawn_impairer(("127.0.0.1", 0), ("127.0.0.1", server_port),
                               both=Impairment(loss=loss, delay_ms=delay_ms), seed=7)
     relay = impairer.listen
-    client = spawn(_command(impl, "kcp-client") + ["-l", f"127.0.0.1:{local_port}", "-r",
+    client = spawn(command(impl, "kcp-client") + ["-l", f"127.0.0.1:{local_port}", "-r",
                                                    f"{relay[0]}:{relay[1]}", *common])
     wait_for_port(local_port)
     return Contender(impl, local_port, [server, client]), impairer

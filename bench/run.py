@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench import kcp_suite, ss_suite, u2r_suite
+from bench import kcp_suite, memory_suite, ss_suite, u2r_suite
 from bench.plots import latency_cdf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,9 +66,18 @@ def u2r_section(args: argparse.Namespace) -> list[str]:
         return lines + u2r_suite.table(u2r_suite.run(Path(tmp))) + [""]
 
 
+def memory_section(_: argparse.Namespace) -> list[str]:
+    lines = ["## memory", "",
+             "RSS of one sidecar process running every role (the ss roles, both kcp roles and, as root, ss-redir "
+             "and both udp2raw roles), idle after 2 s, against an empty interpreter and libev's ss-server; and "
+             f"the RSS growth per idle KCP session (a client with conn = {memory_suite.SESSIONS} sessions, each "
+             "carrying one idle stream), sidecar against kcptun. Reproduce: `python -m bench --suite memory`.", ""]
+    return lines + memory_suite.table(memory_suite.run()) + [""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--suite", choices=["ss", "kcp", "u2r", "all"], default="all")
+    parser.add_argument("--suite", choices=["ss", "kcp", "u2r", "memory", "all"], default="all")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--bulk-mb", type=int, default=200)
     parser.add_argument("--exchanges", type=int, default=2000)
@@ -77,7 +86,7 @@ def main() -> None:
     parser.add_argument("--kcp-exchanges", type=int, default=300)
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args()
-    sections = {"ss": ss_section, "kcp": kcp_section, "u2r": u2r_section}
+    sections = {"ss": ss_section, "kcp": kcp_section, "u2r": u2r_section, "memory": memory_section}
     body = [line for name, section in sections.items() if args.suite in (name, "all") for line in section(args)]
     text = "\n".join(["# Benchmarks", "", f"Machine: {machine()}.", "",
                       "Measured, not asserted: each table comes from one run of the command it names.", "", *body])
