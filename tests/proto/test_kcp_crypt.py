@@ -169,3 +169,18 @@ def test_unsupported_crypt_names_the_supported_ones(name):
 def test_nonce_must_be_16_bytes():
     with pytest.raises(ValueError):
         CRYPTS["aes"].encrypt(b"body", b"short")
+
+
+def test_openssl_and_pycryptodome_aes_cfb_agree():
+    """The fallback for routers without `cryptography` gives the same bytes as the OpenSSL path."""
+    from sidecar.proto import crypto_backend, kcp_crypt
+
+    key = kcp_crypt.derive_key("k")
+    for key_len in (16, 24, 32):
+        fast = kcp_crypt._OpenSslAesCfb(key[:key_len])
+        slow = kcp_crypt._CfbCipher(crypto_backend.AES, key[:key_len])
+        for size in (1, 15, 16, 17, 1400):
+            data = bytes(range(256)) * 6
+            data = data[:size]
+            assert fast.encrypt(data) == slow.encrypt(data)
+            assert slow.decrypt(fast.encrypt(data)) == data == fast.decrypt(slow.encrypt(data))
