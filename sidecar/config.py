@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sidecar.config_kcp import KcpClientConfig, KcpServerConfig, kcp_client, kcp_server
 from sidecar.config_reader import Section
 from sidecar.config_u2r import U2rConfig, u2r_client, u2r_server
 from sidecar.errors import ConfigError
@@ -54,6 +55,11 @@ class SsCommon:
     def udp(self) -> bool:
         return self.mode != "tcp_only"
 
+    @property
+    def listen_key(self) -> str:
+        """The key that holds the listen port (named in port-clash errors)."""
+        return "server_port" if self.role == "ss-server" else "local_port"
+
 
 @dataclass(frozen=True)
 class SsLocalConfig(SsCommon):
@@ -90,7 +96,8 @@ class SsServerConfig(SsCommon):
     probe_delay_s: tuple[float, float] = (10.0, 40.0)
 
 
-RoleConfig = SsLocalConfig | SsTunnelConfig | SsRedirConfig | SsServerConfig | U2rConfig
+RoleConfig = (SsLocalConfig | SsTunnelConfig | SsRedirConfig | SsServerConfig | U2rConfig | KcpClientConfig
+              | KcpServerConfig)
 
 
 @dataclass(frozen=True)
@@ -228,7 +235,8 @@ def _ss_server(section: Section, index: int) -> SsServerConfig:
 
 
 ROLE_BUILDERS = {"ss-local": _ss_local, "ss-tunnel": _ss_tunnel, "ss-redir": _ss_redir, "ss-server": _ss_server,
-                 "u2r-client": u2r_client, "u2r-server": u2r_server}
+                 "u2r-client": u2r_client, "u2r-server": u2r_server,
+                 "kcp-client": kcp_client, "kcp-server": kcp_server}
 
 
 def parse_config(doc: dict[str, Any], source: str) -> Config:
@@ -314,8 +322,7 @@ def check_port_clashes(roles: list[RoleConfig]) -> None:
         for proto, endpoint in listeners(role):
             for other_proto, other, owner in seen:
                 if proto == other_proto and _overlap(endpoint, other):
-                    port_key = getattr(role, "listen_key", "server_port" if role.role == "ss-server" else "local_port")
-                    raise ConfigError(f"{role.path}.{port_key}", endpoint.port,
+                    raise ConfigError(f"{role.path}.{role.listen_key}", endpoint.port,
                                       f"{proto} {endpoint} is already taken by {owner}; pick another port")
             seen.append((proto, endpoint, role.name))
 
