@@ -1,8 +1,12 @@
 """Roles: each assembles its stages from config, owns its listeners, counters and logs."""
 
 from sidecar.config import RoleConfig, SsLocalConfig, SsRedirConfig, SsServerConfig, SsTunnelConfig
+from sidecar.config_kcp import KcpClientConfig, KcpServerConfig
 from sidecar.config_u2r import U2rConfig
 from sidecar.roles.base import Role
+from sidecar.roles.kcp_base import KcpRole
+from sidecar.roles.kcp_client import KcpClient
+from sidecar.roles.kcp_server import KcpServer
 from sidecar.roles.ss_local import SsLocal
 from sidecar.roles.ss_redir import SsRedir
 from sidecar.roles.ss_server import SsServer
@@ -10,7 +14,7 @@ from sidecar.roles.ss_tunnel import SsTunnel
 from sidecar.roles.u2r import U2rRole
 
 
-def build_role(config: RoleConfig) -> Role:
+def build_role(config: RoleConfig) -> Role | KcpRole:
     if isinstance(config, SsLocalConfig):
         return SsLocal(config)
     if isinstance(config, SsTunnelConfig):
@@ -19,6 +23,10 @@ def build_role(config: RoleConfig) -> Role:
         return SsRedir(config)
     if isinstance(config, SsServerConfig):
         return SsServer(config)
+    if isinstance(config, KcpClientConfig):
+        return KcpClient(config)
+    if isinstance(config, KcpServerConfig):
+        return KcpServer(config)
     if isinstance(config, U2rConfig):
         return U2rRole(config)
     raise TypeError(f"no role for {type(config).__name__}")
