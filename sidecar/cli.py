@@ -32,7 +32,46 @@ and chains them in one process, configured by one TOML file.
                               one udp2raw side from udp2raw's own flags
   sidecar ss-local -s HOST -p PORT -l PORT -k PASSWORD -m METHOD [-u]
                               one role from shadowsocks-libev's own flags (also ss-server, ss-tunnel)
+  sidecar kcp-client -l :12948 -r HOST:29900 --key KEY [--crypt aes --mode fast ...]
+  sidecar kcp-server -l :29900 -t HOST:PORT --key KEY [--crypt aes --mode fast ...]
+                              one role from kcptun's own flags
 """
+
+# kcptun flags shared by both roles: (flags, TOML key, type, help); bool flags are switches.
+KCP_FLAGS: tuple[tuple[tuple[str, ...], str, type, str], ...] = (
+    (("--key",), "key", str, "pre-shared secret, the same on both ends (kcptun's default if omitted)"),
+    (("--crypt",), "crypt", str, "aes (default), aes-128, aes-192, salsa20, blowfish, cast5, 3des, xor, none"),
+    (("--mode",), "mode", str, "fast (default), normal, fast2, fast3, manual"),
+    (("--mtu",), "mtu", int, "largest UDP payload (default 1350)"),
+    (("--sndwnd",), "sndwnd", int, "send window in packets"),
+    (("--rcvwnd",), "rcvwnd", int, "receive window in packets"),
+    (("--datashard", "--ds"), "datashard", int, "FEC data shards (default 10; 0 with --ps 0: no FEC)"),
+    (("--parityshard", "--ps"), "parityshard", int, "FEC parity shards (default 3)"),
+    (("--dscp",), "dscp", int, "DSCP mark of the UDP packets (0-63)"),
+    (("--nocomp",), "nocomp", bool, "turn snappy compression off (must match the other end)"),
+    (("--acknodelay",), "acknodelay", bool, "send ACKs at once instead of at the next interval"),
+    (("--nodelay",), "nodelay", int, "mode manual: 1 for the 30 ms minimum RTO"),
+    (("--interval",), "interval", int, "mode manual: flush interval in ms"),
+    (("--resend",), "resend", int, "mode manual: fast-retransmit after this many skipping ACKs (0: off)"),
+    (("--nc",), "nc", int, "mode manual: 1 turns congestion control off"),
+    (("--sockbuf",), "sockbuf", int, "UDP socket buffer bytes (default 4194304)"),
+    (("--smuxver",), "smuxver", int, "smux version 1 (default) or 2, the same on both ends"),
+    (("--smuxbuf",), "smuxbuf", int, "smux session receive buffer bytes (default 4194304)"),
+    (("--streambuf",), "streambuf", int, "smux v2 per-stream receive window bytes (default 2097152)"),
+    (("--keepalive",), "keepalive", int, "seconds between keepalives (default 10, at most 30)"),
+    (("--tcp",), "tcp", bool, "kcptun's raw TCP mode: not supported (reported as a config error)"),
+)
+KCP_CLIENT_FLAGS: tuple[tuple[tuple[str, ...], str, type, str], ...] = (
+    (("-l", "--localaddr"), "localaddr", str, "TCP address to listen on (default :12948)"),
+    (("-r", "--remoteaddr"), "remoteaddr", str, "kcp-server address HOST:PORT"),
+    (("--conn",), "conn", int, "UDP sessions to spread connections over (default 1)"),
+    (("--autoexpire",), "autoexpire", int, "replace a session after this many seconds (default 0: never)"),
+    (("--scavengettl",), "scavengettl", int, "seconds an expired session may keep its streams (default 600)"),
+)
+KCP_SERVER_FLAGS: tuple[tuple[tuple[str, ...], str, type, str], ...] = (
+    (("-l", "--listen"), "listen", str, "UDP address to listen on (default :29900)"),
+    (("-t", "--target"), "target", str, "where streams go: HOST:PORT or a unix socket path (default 127.0.0.1:12948)"),
+)
 
 
 def _libev_parser(sub: Any, role: str, help_text: str) -> None:
@@ -58,6 +97,19 @@ def _libev_parser(sub: Any, role: str, help_text: str) -> None:
         p.add_argument("-L", dest="tunnel_address", required=True, help="target host:port to forward to")
     p.add_argument("--no-delay", dest="no_delay", action="store_true", default=None, help="set TCP_NODELAY")
     p.add_argument("--reuse-port", dest="reuse_port", action="store_true", default=None, help="set SO_REUSEPORT")
+    _log_level_option(p)
+
+
+def _kcptun_parser(sub: Any, role: str, help_text: str) -> None:
+    tool = "kcptun-client" if role == "kcp-client" else "kcptun-server"
+    p = sub.add_parser(role, help=help_text, description=f"{help_text} Flags mirror {tool}'s; each maps to the "
+                                                          "TOML key of the same name (see conf/).")
+    own = KCP_CLIENT_FLAGS if role == "kcp-client" else KCP_SERVER_FLAGS
+    for flags, key, kind, text in own + KCP_FLAGS:
+        if kind is bool:
+            p.add_argument(*flags, dest=key, action="store_true", default=None, help=text)
+        else:
+            p.add_argument(*flags, dest=key, type=kind, help=text)
     _log_level_option(p)
 
 
@@ -94,10 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
                        ("ss-server", "Run a Shadowsocks server."),
                        ("ss-tunnel", "Forward one local port to a fixed target through an ss-server.")):
         _libev_parser(sub, role, text)
+    _kcptun_parser(sub, "kcp-client", "Forward a local TCP port over KCP to a kcp-server (kcptun client).")
+    _kcptun_parser(sub, "kcp-server", "Accept KCP sessions and forward their streams to a TCP target (kcptun server).")
     return parser
 
 
 def _config_from_flags(args: argparse.Namespace) -> Config:
+    if args.command in ("kcp-client", "kcp-server"):
+        own = KCP_CLIENT_FLAGS if args.command == "kcp-client" else KCP_SERVER_FLAGS
+        table = {key: getattr(args, key) for _, key, _, _ in own + KCP_FLAGS if getattr(args, key) is not None}
+        return parse_config({args.command: [table]}, f"{args.command} flags")
     keys = ("server", "server_port", "local_port", "local_address", "password", "key", "method", "timeout",
             "mode", "tunnel_address", "no_delay", "reuse_port", "block_private")
     table = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
@@ -107,7 +165,7 @@ def _config_from_flags(args: argparse.Namespace) -> Config:
 def _load(args: argparse.Namespace) -> Config:
     if args.command == "udp2raw":
         return cli_udp2raw.config_from_args(args)
-    if args.command in ("ss-local", "ss-server", "ss-tunnel"):
+    if args.command in ("ss-local", "ss-server", "ss-tunnel", "kcp-client", "kcp-server"):
         return _config_from_flags(args)
     return load_config(args.config) if args.config else default_config()
 
