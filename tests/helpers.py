@@ -113,6 +113,7 @@ class _EchoHandler(socketserver.BaseRequestHandler):
 class _ThreadingTCPServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
+    request_queue_size = 512  # peers like kcptun dial dozens of streams at once
 
 
 class EchoServer:
