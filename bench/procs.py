@@ -74,16 +74,25 @@ def spawn(args: list[str]) -> subprocess.Popen:
 
 def ss_pair(name: str, method: str, password: str = "bench-password") -> Contender:
     """An ss-local + ss-server pair of one implementation ("sidecar" or "libev"), as two processes."""
-    server_port, socks_port = free_port(), free_port()
+    port = free_port()
+    return ss_pair_at(name, method, port, port, password)
+
+
+def ss_pair_at(name: str, method: str, server_port: int, client_to_port: int,
+               password: str = "bench-password") -> Contender:
+    """The pair with the server on `server_port` and the client sending to `client_to_port` (an
+    impairer in between, for UDP), as two processes."""
+    socks_port = free_port()
     if name == "sidecar":
         base = [sys.executable, "-m", "sidecar"]
         server = base + ["ss-server", "--log-level", "warning", "--allow-private"]
         local = base + ["ss-local", "--log-level", "warning"]
     else:
         server, local = [shutil.which("ss-server") or "ss-server"], [shutil.which("ss-local") or "ss-local"]
-    common = ["-p", str(server_port), "-k", password, "-m", method, "-u"]
-    procs = [spawn(server + ["-s", "127.0.0.1", *common])]
+    common = ["-k", password, "-m", method, "-u"]
+    procs = [spawn(server + ["-s", "127.0.0.1", "-p", str(server_port), *common])]
     wait_for_port(server_port)
-    procs.append(spawn(local + ["-s", "127.0.0.1", "-b", "127.0.0.1", "-l", str(socks_port), *common]))
+    procs.append(spawn(local + ["-s", "127.0.0.1", "-p", str(client_to_port), "-b", "127.0.0.1", "-l", str(socks_port),
+                                *common]))
     wait_for_port(socks_port)
     return Contender(name, socks_port, procs)
