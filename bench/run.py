@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench import kcp_suite, memory_suite, ss_suite, u2r_suite
+from bench import game, kcp_suite, memory_suite, ss_suite, u2r_suite
 from bench.plots import latency_cdf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,11 @@ def ss_section(args: argparse.Namespace) -> list[str]:
         plot = latency_cdf({r.name: getattr(r, attr) for r in results}, f"ss suite: {what}", filename)
         if plot:
             lines += [f"![{what} latency CDF]({plot})", ""]
-    return lines
+    lines += ["### ss: game-like UDP over a lossy link", "",
+              f"{game.RATE_PPS} datagrams/s of 60-300 bytes for {game.SECONDS} s, each echoed, through SOCKS5 UDP "
+              "ASSOCIATE with the impairer between ss-local and ss-server (random loss each way, 20 ms each way); "
+              "direct sends through the same impairer to the echo. Delivered counts round trips.", ""]
+    return lines + game.table(game.run(args.method)) + [""]
 
 
 def kcp_section(args: argparse.Namespace) -> list[str]:
