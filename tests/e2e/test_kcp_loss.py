@@ -24,8 +24,8 @@ from tests.helpers import (
 from tests.kcp_helpers import wait_ready
 
 KEY = "loss-kcp"
-TRANSFER = 2 * 1024 * 1024
-STREAMS, STREAM_BYTES = 10, 32 * 1024
+TRANSFER = 20 * 1024 * 1024
+STREAMS, STREAM_BYTES = 50, 64 * 1024
 BAD_LINK = Impairment(delay_ms=20, loss=0.1)
 
 
