@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from bench.impair import Impairment, spawn_impairer
 from bench.procs import Contender, free_port, spawn, wait_for_port
 from bench.targets import Targets
-from bench.workloads import _recv_exact, median, percentile
+from bench.workloads import _recv_exact, median, percentile, timed_download
 
 KEY = "bench-key"
 LINKS = [("clean", 0.0, 0.0), ("2% loss, 20 ms", 0.02, 20.0), ("10% loss, 20 ms", 0.10, 20.0)]
@@ -59,15 +59,7 @@ def _open(port: int, kind: bytes) -> socket.socket:
 
 def download(port: int, size: int) -> float:
     with _open(port, b"S") as sock:
-        start = time.perf_counter()
-        sock.sendall(size.to_bytes(8, "big"))
-        buf, got = bytearray(1 << 20), 0
-        while got < size:
-            n = sock.recv_into(buf)
-            if not n:
-                raise ConnectionError(f"closed after {got} of {size} bytes")
-            got += n
-        return size / (time.perf_counter() - start) / 1e6
+        return timed_download(sock, size)
 
 
 def exchanges(port: int, count: int) -> list[float]:

@@ -35,16 +35,21 @@ def open_path(socks_port: int | None, port: int) -> socket.socket:
 def bulk_download(socks_port: int | None, targets: Targets, size: int) -> float:
     """MB/s (10^6 bytes per second) of one download of `size` bytes."""
     with open_path(socks_port, targets.source) as sock:
-        start = time.perf_counter()
-        sock.sendall(size.to_bytes(8, "big"))
-        buf = bytearray(1 << 20)
-        got = 0
-        while got < size:
-            n = sock.recv_into(buf)
-            if not n:
-                raise ConnectionError(f"closed after {got} of {size} bytes")
-            got += n
-        return size / (time.perf_counter() - start) / 1e6
+        return timed_download(sock, size)
+
+
+def timed_download(sock: socket.socket, size: int) -> float:
+    """Ask a source target for `size` bytes on `sock` and read them all; MB/s."""
+    start = time.perf_counter()
+    sock.sendall(size.to_bytes(8, "big"))
+    buf = bytearray(1 << 20)
+    got = 0
+    while got < size:
+        n = sock.recv_into(buf)
+        if not n:
+            raise ConnectionError(f"closed after {got} of {size} bytes")
+        got += n
+    return size / (time.perf_counter() - start) / 1e6
 
 
 def request_response(socks_port: int | None, targets: Targets, count: int, size: int = 64) -> list[float]:

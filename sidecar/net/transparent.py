@@ -10,6 +10,8 @@ so it is sent on an IP_TRANSPARENT socket bound to it (full cone: one per remote
 import socket
 import struct
 
+from sidecar.net.udp_service import bind_datagram_socket
+
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same value
 IP_TRANSPARENT, IP_RECVORIGDSTADDR = 19, 20  # linux/in.h
 IPV6_TRANSPARENT, IPV6_RECVORIGDSTADDR = 75, 74  # linux/in6.h
@@ -36,20 +38,14 @@ def unmapped(host: str) -> str:
 
 def tproxy_udp_listener(family: int, address: tuple[str, int]) -> socket.socket:
     """A non-blocking UDP socket that receives TPROXY'd datagrams with their original destination."""
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        _set_transparent(sock)
-        if family == socket.AF_INET6:
-            sock.setsockopt(SOL_IPV6, IPV6_RECVORIGDSTADDR, 1)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
-        sock.bind(address)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
+    return bind_datagram_socket(family, address, False, _tproxy_options)
+
+
+def _tproxy_options(sock: socket.socket) -> None:
+    _set_transparent(sock)
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(SOL_IPV6, IPV6_RECVORIGDSTADDR, 1)
+    sock.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
 
 
 def recv_with_destination(sock: socket.socket) -> tuple[bytes, tuple, tuple[str, int] | None]:
@@ -66,16 +62,7 @@ def recv_with_destination(sock: socket.socket) -> tuple[bytes, tuple, tuple[str,
 
 def transparent_sender(family: int, address: tuple[str, int]) -> socket.socket:
     """A non-blocking UDP socket bound to `address` even if it is not local (replies "from" the remote)."""
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        _set_transparent(sock)
-        sock.bind(address)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
+    return bind_datagram_socket(family, address, False, _set_transparent)
 
 
 def _set_transparent(sock: socket.socket) -> None:

@@ -55,8 +55,10 @@ def drain(sock: socket.socket, handler: DatagramHandler, counters: Counters, log
     return True
 
 
-def bind_datagram_socket(family: int, address: tuple, reuse_port: bool) -> socket.socket:
-    """A plain non-blocking UDP socket bound to `address` (the hub's watchers drive it)."""
+def bind_datagram_socket(family: int, address: tuple, reuse_port: bool,
+                         prepare: Callable[[socket.socket], None] | None = None) -> socket.socket:
+    """A plain non-blocking UDP socket bound to `address` (the hub's watchers drive it); `prepare`
+    sets further options before the bind."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -64,6 +66,8 @@ def bind_datagram_socket(family: int, address: tuple, reuse_port: bool) -> socke
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if prepare is not None:
+            prepare(sock)
         sock.bind(address)
     except OSError:
         sock.close()

@@ -3,14 +3,13 @@ datagrams both ways, the weak-auth warning, the key never logged, the rules gone
 
 import os
 import shutil
-import socket
 import sys
 import threading
 
 import pytest
 
 from tests.e2e.netns import NetnsPair, udp_socket
-from tests.e2e.test_u2r_raw import exchange, wait_line
+from tests.e2e.test_u2r_raw import _echo_loop, exchange, wait_line
 from tests.helpers import Process, require
 
 KEY = "role-test-key"
@@ -31,22 +30,13 @@ def ns():
         pair.delete()
 
 
-def _echo(sock: socket.socket) -> None:
-    try:
-        while True:
-            data, peer = sock.recvfrom(65536)
-            sock.sendto(data, peer)
-    except OSError:
-        return
-
-
 @pytest.mark.parametrize(("mode", "cipher", "auth"), [("faketcp", "aes128cfb", "hmac_sha1"),
                                                       ("easy-faketcp", "aes128cbc", "md5"),
                                                       ("udp", "xor", "simple"),
                                                       ("icmp", "aes128cbc", "crc32")])
 def test_roles_carry_udp_and_clean_up(ns, tmp_path, mode, cipher, auth):
     target = udp_socket(ns.server, ("127.0.0.1", 7000))
-    threading.Thread(target=_echo, args=(target,), daemon=True).start()
+    threading.Thread(target=_echo_loop, args=(target,), daemon=True).start()
     config = tmp_path / "server.toml"
     config.write_text(f"""
 [control]
@@ -84,7 +74,7 @@ auth_mode = "{auth}"
 def test_every_cipher_and_auth_mode(ns, tmp_path):
     """All 20 cipher x auth pairs at once: one process runs 20 u2r-server roles, another 20 u2r-client roles."""
     target = udp_socket(ns.server, ("127.0.0.1", 7000))
-    threading.Thread(target=_echo, args=(target,), daemon=True).start()
+    threading.Thread(target=_echo_loop, args=(target,), daemon=True).start()
     pairs = [(c, a) for c in CIPHERS for a in AUTHS]
     server_conf, client_conf = tmp_path / "servers.toml", tmp_path / "clients.toml"
     common = "[control]\nenabled = false\n"
