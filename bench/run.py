@@ -92,8 +92,10 @@ def main() -> None:
     args = parser.parse_args()
     sections = {"ss": ss_section, "kcp": kcp_section, "u2r": u2r_section, "memory": memory_section}
     body = [line for name, section in sections.items() if args.suite in (name, "all") for line in section(args)]
+    findings = (Path(__file__).with_name("findings.md")).read_text()
     text = "\n".join(["# Benchmarks", "", f"Machine: {machine()}.", "",
-                      "Measured, not asserted: each table comes from one run of the command it names.", "", *body])
+                      "Measured, not asserted: each table comes from one run of the command it names.", "", *body,
+                      findings])
     print(text)
     args.output.write_text(text)
 
