@@ -4,8 +4,9 @@ Role tables use shadowsocks-libev's JSON key names (`server`, `server_port`, `lo
 `local_port`, `password`, `key`, `method`, `timeout`, `mode`), so a libev config reads the same.
 """
 
+import base64
 import ipaddress
-import secrets
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,7 +346,7 @@ def default_config() -> Config:
 
     The password is fresh on every start: both ends live in this process, and nothing else can use it.
     """
-    password = secrets.token_urlsafe(24)
+    password = base64.urlsafe_b64encode(os.urandom(18)).decode()
     doc = {
         # block_private off: the demo's point is reaching local services (curl to a local web server).
         "ss-server": [{"name": "demo-server", "server": "127.0.0.1", "server_port": 18388, "password": password,

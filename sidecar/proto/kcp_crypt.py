@@ -4,7 +4,6 @@ A datagram is ``CRYPT(nonce[16] | crc32(body)[4] LE | body)``: the random nonce 
 only randomises the first cipher block, which is what keeps kcp-go's fixed-IV CFB from repeating.
 """
 
-import hashlib
 import os
 import struct
 import zlib
@@ -13,6 +12,7 @@ from types import ModuleType
 from typing import Protocol
 
 from sidecar.errors import AuthError, ConfigError
+from sidecar.proto.digests import pbkdf2_sha1
 
 try:
     from cryptography.hazmat.primitives.ciphers import Cipher as OpenSslCipher
@@ -49,7 +49,7 @@ def derive_key(password: str | bytes) -> bytes:
     """The 32-byte key kcptun derives from ``--key`` once at start-up."""
     if isinstance(password, str):
         password = password.encode()
-    return hashlib.pbkdf2_hmac("sha1", password, KEY_SALT, KEY_ITERATIONS, KEY_LEN)
+    return pbkdf2_sha1(password, KEY_SALT, KEY_ITERATIONS, KEY_LEN)
 
 
 class _Cipher(Protocol):
@@ -114,7 +114,7 @@ class _XorCipher:
     """XOR of the first 1500 bytes with a pad derived from the key; longer tails stay as they are."""
 
     def __init__(self, key: bytes) -> None:
-        self._pad = hashlib.pbkdf2_hmac("sha1", key, XOR_SALT, XOR_ITERATIONS, XOR_PAD_LEN)
+        self._pad = pbkdf2_sha1(key, XOR_SALT, XOR_ITERATIONS, XOR_PAD_LEN)
 
     def encrypt(self, data: bytes) -> bytes:
         if len(data) <= XOR_PAD_LEN:

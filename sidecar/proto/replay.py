@@ -6,27 +6,28 @@ full filter's worth of traffic (or one window) and at most two. Bit positions co
 BLAKE2b, so a peer cannot aim salts at chosen bits.
 """
 
-import hashlib
 import math
 import os
+
+from sidecar.proto.digests import keyed_blake2b
 
 
 class BloomFilter:
     """A plain Bloom filter over a bytearray, sized for `capacity` items at `error_rate`."""
 
-    __slots__ = ("_bits", "_nbits", "_hashes", "_key", "count")
+    __slots__ = ("_bits", "_nbits", "_hashes", "_digest", "count")
 
     def __init__(self, capacity: int, error_rate: float, key: bytes) -> None:
         nbits = max(64, math.ceil(-capacity * math.log(error_rate) / math.log(2) ** 2))
         self._nbits = nbits
         self._bits = bytearray((nbits + 7) // 8)
         self._hashes = max(1, round(nbits / capacity * math.log(2)))
-        self._key = key
+        self._digest = keyed_blake2b(key, 16)
         self.count = 0
 
     def positions(self, item: bytes) -> list[int]:
         """k bit positions by double hashing (Kirsch-Mitzenmacher) of one keyed 128-bit digest."""
-        digest = hashlib.blake2b(item, key=self._key, digest_size=16).digest()
+        digest = self._digest(item)
         h1, h2 = int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little") | 1
         nbits = self._nbits
         return [(h1 + i * h2) % nbits for i in range(self._hashes)]

@@ -2,14 +2,13 @@
 
 import base64
 import binascii
-import hashlib
-import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sidecar.errors import AuthError, ConfigError, ProtocolError
 from sidecar.proto.aead import TAG_LEN, Aead, Buffer, new_aead
+from sidecar.proto.digests import hmac_sha1, md5
 
 MAX_PAYLOAD = 0x3FFF
 LENGTH_CHUNK = 2 + TAG_LEN
@@ -53,7 +52,7 @@ def evp_bytes_to_key(password: bytes, key_len: int) -> bytes:
     """OpenSSL EVP_BytesToKey(MD5, no salt, one round), as shadowsocks derives its master key."""
     out, block = b"", b""
     while len(out) < key_len:
-        block = hashlib.md5(block + password).digest()
+        block = md5(block + password)
         out += block
     return out[:key_len]
 
@@ -72,11 +71,11 @@ def decode_base64_key(text: str, key_len: int, key: str = "key") -> bytes:
 
 def hkdf_sha1(key: bytes, salt: bytes, info: bytes, length: int) -> bytes:
     """RFC 5869 HKDF with SHA-1 (the session subkey of SIP004; once per UDP packet, so kept lean)."""
-    prk = hmac.digest(salt, key, "sha1")
-    block = hmac.digest(prk, info + b"\x01", "sha1")
+    prk = hmac_sha1(salt, key)
+    block = hmac_sha1(prk, info + b"\x01")
     out, counter = block, 2
     while len(out) < length:
-        block = hmac.digest(prk, block + info + bytes((counter,)), "sha1")
+        block = hmac_sha1(prk, block + info + bytes((counter,)))
         out += block
         counter += 1
     return out[:length]

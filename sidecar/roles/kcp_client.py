@@ -1,6 +1,6 @@
 """kcp-client: a TCP listener whose connections become smux streams over `conn` KCP sessions (kcptun client)."""
 
-import secrets
+import os
 import socket
 
 from gevent import socket as gsocket
@@ -102,7 +102,7 @@ class KcpClient(KcpRole):
             self.counters["connect_failures"] += 1
             self.log.warning("cannot open a session to %s: %s", cfg.remote, describe_os_error(exc))
             return None
-        link = self.new_link(secrets.randbits(32), sock.send, client=True)
+        link = self.new_link(int.from_bytes(os.urandom(4), "little"), sock.send, client=True)
         watcher = link.loop.io(sock.fileno(), _READ)
         watcher.start(self._on_readable, link, sock)
         self._sockets[link] = (sock, watcher)
