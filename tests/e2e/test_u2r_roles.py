@@ -5,6 +5,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 
 import pytest
 
@@ -101,7 +102,10 @@ auth_mode = "{a}"
     wait_line(server, "sidecar ready")
     client = Process(["ip", "netns", "exec", ns.client, *run, str(client_conf)], tmp_path / "clients.log")
     try:
-        wait_line(client, "sidecar ready")
+        deadline = time.monotonic() + 30
+        while client.output().count("connected to") < len(pairs):  # every role's handshake done
+            assert time.monotonic() < deadline and client.proc.poll() is None, client.output()
+            time.sleep(0.1)
         app = udp_socket(ns.client, ("127.0.0.1", 0))
         for i, pair in enumerate(pairs):
             assert exchange(app, ("127.0.0.1", 3400 + i), 200) == 200, pair
