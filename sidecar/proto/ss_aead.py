@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sidecar.errors import AuthError, ConfigError, ProtocolError
 from sidecar.proto.aead import TAG_LEN, Aead, Buffer, new_aead
-from sidecar.proto.digests import hmac_sha1, md5
+from sidecar.proto.digests import hkdf_sha1, md5
 
 MAX_PAYLOAD = 0x3FFF
 LENGTH_CHUNK = 2 + TAG_LEN
@@ -67,18 +67,6 @@ def decode_base64_key(text: str, key_len: int, key: str = "key") -> bytes:
     if len(raw) != key_len:
         raise ConfigError(key, text, f"the key must decode to {key_len} bytes for this method")
     return raw
-
-
-def hkdf_sha1(key: bytes, salt: bytes, info: bytes, length: int) -> bytes:
-    """RFC 5869 HKDF with SHA-1 (the session subkey of SIP004; once per UDP packet, so kept lean)."""
-    prk = hmac_sha1(salt, key)
-    block = hmac_sha1(prk, info + b"\x01")
-    out, counter = block, 2
-    while len(out) < length:
-        block = hmac_sha1(prk, block + info + bytes((counter,)))
-        out += block
-        counter += 1
-    return out[:length]
 
 
 class Cipher:
