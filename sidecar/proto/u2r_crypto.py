@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import operator
 import re
 import zlib
 from enum import StrEnum
 from typing import NamedTuple
 
 from sidecar.errors import AuthError, ProtocolError
-from sidecar.proto.crypto_backend import AES
+from sidecar.proto.u2r_aes import new_aes
+from sidecar.proto.u2r_simple import simple_tag
 
 Buffer = bytes | bytearray | memoryview
 
@@ -32,9 +32,6 @@ _SALT = hashlib.md5(b"udp2raw_salt1").digest()
 _XOR_STREAM_LEN = 2048  # > MAX_PLAINTEXT + the longest tag
 _ZERO_PADS = [b""] + [bytes(n - 1) + bytes([n]) for n in range(1, 17)]  # [n]: the n-byte CBC pad
 _TAG_LEN = {"md5": 16, "crc32": 4, "simple": 8, "none": 0}
-_M32 = 0xFFFFFFFF
-_SDBM_MULT = 65599  # h2 = byte + (h2 << 6) + (h2 << 16) - h2 == byte + h2 * 65599
-_SDBM_POWERS = [pow(_SDBM_MULT, _XOR_STREAM_LEN - 1 - i, 1 << 32) for i in range(_XOR_STREAM_LEN)]
 _WHITESPACE = re.compile(rb"[ \t\n\v\f\r]")
 
 
@@ -93,30 +90,19 @@ def derive_keys(password: bytes) -> Keys:
     )
 
 
-def simple_tag(data: Buffer) -> bytes:
-    """udp2raw's 'simple' auth: h1 (djb2 with xor) || h2 (sdbm), each u32 big-endian.
-
-    h2 is linear in the bytes, so it is one C-level dot product with precomputed powers of 65599.
-    h1 mixes xor and multiply and stays a loop; masking once per 32 bytes is exact (the low 32 bits of
-    a product or an xor depend only on the low 32 bits of the operands) and saves a third of the time.
-    """
-    h1 = 5381
-    for start in range(0, len(data), 32):
-        for byte in data[start : start + 32]:
-            h1 = h1 * 33 ^ byte
-        h1 &= _M32
-    h2 = sum(map(operator.mul, data, _SDBM_POWERS[_XOR_STREAM_LEN - len(data) :]))
-    return (h1 << 32 | h2 & _M32).to_bytes(8, "big")
+def _md5_tag(data: Buffer) -> bytes:
+    return hashlib.md5(data).digest()
 
 
-def _tag(auth_mode: str, data: Buffer) -> bytes:
-    if auth_mode == "md5":
-        return hashlib.md5(data).digest()
-    if auth_mode == "crc32":
-        return zlib.crc32(data).to_bytes(4, "big")
-    if auth_mode == "simple":
-        return simple_tag(data)
+def _crc32_tag(data: Buffer) -> bytes:
+    return zlib.crc32(data).to_bytes(4, "big")
+
+
+def _no_tag(_data: Buffer) -> bytes:
     return b""
+
+
+_TAGS = {"md5": _md5_tag, "crc32": _crc32_tag, "simple": simple_tag, "none": _no_tag}
 
 
 def _xor(a: Buffer, b: Buffer) -> bytes:
@@ -132,9 +118,8 @@ class _Cbc:
     first plaintext block (or out of the first decrypted block) restarts the chain from a zero IV.
     """
 
-    def __init__(self, key: bytes) -> None:
-        self._enc = AES.new(key, AES.MODE_CBC, iv=_ZERO_IV)
-        self._dec = AES.new(key, AES.MODE_CBC, iv=_ZERO_IV)
+    def __init__(self, key: bytes, prefer_openssl: bool) -> None:
+        self._enc, self._dec = new_aes("cbc", key, prefer_openssl=prefer_openssl)
         self._enc_last = self._dec_last = _ZERO_IV
 
     def encrypt(self, data: bytes, cbc_pad: bytes | None) -> bytes:
@@ -144,14 +129,14 @@ class _Cbc:
         elif len(cbc_pad) != pad_len or cbc_pad[-1] != pad_len:
             raise ValueError(f"cbc_pad must be {pad_len} bytes ending in {pad_len}")
         padded = data + cbc_pad
-        out = self._enc.encrypt(_xor(padded[:16], self._enc_last) + padded[16:])
+        out = self._enc(_xor(padded[:16], self._enc_last) + padded[16:])
         self._enc_last = out[-16:]
         return out
 
     def decrypt(self, blob: Buffer) -> bytes:
         if not blob or len(blob) % 16:
             raise AuthError(f"u2r: aes128cbc blob of {len(blob)} bytes is not whole blocks")
-        data = self._dec.decrypt(blob)
+        data = self._dec(blob)
         data = _xor(data[:16], self._dec_last) + data[16:]
         self._dec_last = bytes(blob[-16:])
         if data[-1] > 16:
@@ -168,20 +153,20 @@ class _Cfb:
     its keystream is E(0 || ciphertext[:-1 block]) in a single ECB call.
     """
 
-    def __init__(self, key: bytes, block0_key: bytes | None) -> None:
-        self._ecb = AES.new(key, AES.MODE_ECB)
-        self._enc = AES.new(key, AES.MODE_CFB, iv=_ZERO_IV, segment_size=128)
-        self._e0 = self._ecb.encrypt(_ZERO_IV)
+    def __init__(self, key: bytes, block0_key: bytes | None, prefer_openssl: bool) -> None:
+        self._ecb = new_aes("ecb", key, prefer_openssl=prefer_openssl).encrypt
+        self._enc = new_aes("cfb", key, prefer_openssl=prefer_openssl).encrypt
+        self._e0 = self._ecb(_ZERO_IV)
         self._enc_last = _ZERO_IV
-        self._block0 = None if block0_key is None else AES.new(block0_key, AES.MODE_ECB)
+        self._block0 = None if block0_key is None else new_aes("ecb", block0_key, prefer_openssl=prefer_openssl)
 
     def encrypt(self, data: bytes, _cbc_pad: bytes | None) -> bytes:
         size = len(data)
         if size < 16:
             raise ProtocolError("u2r: aes128cfb needs at least 16 bytes")
         first = data[:16] if self._block0 is None else self._block0.encrypt(data[:16])
-        restart = _xor(self._e0, self._ecb.encrypt(self._enc_last))
-        out = self._enc.encrypt(_xor(first, restart) + data[16:] + bytes(-size % 16))
+        restart = _xor(self._e0, self._ecb(self._enc_last))
+        out = self._enc(_xor(first, restart) + data[16:] + bytes(-size % 16))
         self._enc_last = out[-16:]
         return out[:size]
 
@@ -190,7 +175,7 @@ class _Cfb:
         if size < 16:
             raise AuthError(f"u2r: aes128cfb blob of {size} bytes is shorter than a block")
         chained = (size - 1) // 16 * 16
-        stream = self._e0 + self._ecb.encrypt(blob[:chained]) if chained else self._e0
+        stream = self._e0 + self._ecb(blob[:chained]) if chained else self._e0
         data = _xor(blob, stream[:size])
         return data if self._block0 is None else self._block0.decrypt(data[:16]) + data[16:]
 
@@ -220,11 +205,11 @@ class _Plain:
 _Cipher = _Cbc | _Cfb | _Xor | _Plain
 
 
-def _make_cipher(mode: str, key: bytes, directional: bytes) -> _Cipher:
+def _make_cipher(mode: str, key: bytes, directional: bytes, prefer_openssl: bool) -> _Cipher:
     if mode == "aes128cbc":
-        return _Cbc(key)
+        return _Cbc(key, prefer_openssl)
     if mode in ("aes128cfb", "aes128cfb_0"):
-        return _Cfb(key, directional if mode == "aes128cfb" else None)
+        return _Cfb(key, directional if mode == "aes128cfb" else None, prefer_openssl)
     return _Xor(key) if mode == "xor" else _Plain()
 
 
@@ -235,7 +220,7 @@ class BlobCodec:
     inside carry chaining state between calls, so a codec must not be shared across OS threads.
     """
 
-    def __init__(self, cipher_mode: str, auth_mode: str, keys: Keys) -> None:
+    def __init__(self, cipher_mode: str, auth_mode: str, keys: Keys, *, prefer_openssl: bool = True) -> None:
         if cipher_mode not in CIPHER_MODES:
             raise ValueError(f"unknown udp2raw cipher mode {cipher_mode!r}, expected one of {CIPHER_MODES}")
         if auth_mode not in AUTH_MODES:
@@ -243,13 +228,13 @@ class BlobCodec:
         self.cipher_mode, self.auth_mode = cipher_mode, auth_mode
         self._hmac = auth_mode == "hmac_sha1"
         self._tag_len = 20 if self._hmac else _TAG_LEN[auth_mode]
+        self._tag = _TAGS.get(auth_mode, _no_tag)  # hmac_sha1 authenticates the ciphertext instead
         self._ciphers: dict[Direction, _Cipher] = {}
         self._macs: dict[Direction, bytes] = {}
         for d in Direction:
             directional = keys.cipher(d)[:16]
-            self._ciphers[d] = _make_cipher(
-                cipher_mode, directional if self._hmac else keys.normal, directional
-            )
+            key = directional if self._hmac else keys.normal
+            self._ciphers[d] = _make_cipher(cipher_mode, key, directional, prefer_openssl)
             self._macs[d] = keys.hmac(d)[:20]
 
     def seal(self, plaintext: Buffer, direction: Direction, cbc_pad: bytes | None = None) -> bytes:
@@ -264,7 +249,7 @@ class BlobCodec:
         if self._hmac:
             sealed = cipher.encrypt(bytes(plaintext), cbc_pad)
             return sealed + hmac.digest(self._macs[direction], sealed, "sha1")
-        return cipher.encrypt(bytes(plaintext) + _tag(self.auth_mode, plaintext), cbc_pad)
+        return cipher.encrypt(bytes(plaintext) + self._tag(plaintext), cbc_pad)
 
     def open(self, blob: Buffer, direction: Direction) -> bytes:
         """Decrypt and authenticate one blob sent in `direction`; AuthError on any failure."""
@@ -278,7 +263,7 @@ class BlobCodec:
                 raise AuthError("u2r: hmac_sha1 check failed")
             return cipher.decrypt(blob[:split])
         data = cipher.decrypt(blob)
-        split = len(data) - self._tag_len
-        if split < 0 or not hmac.compare_digest(_tag(self.auth_mode, data[:split]), data[split:]):
+        split, view = len(data) - self._tag_len, memoryview(data)
+        if split < 0 or not hmac.compare_digest(self._tag(view[:split]), view[split:]):
             raise AuthError(f"u2r: {self.auth_mode} check failed")
         return data[:split]

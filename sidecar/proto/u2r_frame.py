@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from sidecar.errors import ProtocolError
-from sidecar.proto.crypto_backend import AES
+from sidecar.proto.u2r_aes import AesPair, new_aes
 from sidecar.proto.u2r_crypto import MAX_BLOB, Buffer, Direction, Keys
 
 BARE_LEN = 29
@@ -126,7 +126,8 @@ class ReplayWindow:
         """
         size, highest = self._size, self.highest
         if seq > highest:
-            self._slide(highest, seq - highest)
+            if seq - highest > 1:  # the usual next seq reuses only its own slot, set just below
+                self._slide(highest, seq - highest)
             self.highest = seq
             self._seen[seq % size] = 1
             return True
@@ -156,9 +157,9 @@ class GroFramer:
 
     def __init__(self, cipher_mode: str, keys: Keys) -> None:
         self._mask = _U16.unpack_from(keys.gro)[0] if cipher_mode == "xor" else 0
-        self._ecb: dict[Direction, Any] | None = None
+        self._ecb: dict[Direction, AesPair] | None = None
         if cipher_mode == "aes128cbc":
-            self._ecb = {d: AES.new(keys.cipher(d)[:16], AES.MODE_ECB) for d in Direction}
+            self._ecb = {d: new_aes("ecb", keys.cipher(d)[:16]) for d in Direction}
 
     def frame(self, blob: Buffer, direction: Direction) -> bytes:
         """One record for `blob` (which must be 14..MAX_BLOB bytes: a record is at least 16)."""
