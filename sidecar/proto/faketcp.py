@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from sidecar.proto.ipv4 import DEFAULT_TTL, PROTO_TCP, build_ipv4
-from sidecar.proto.l4 import TCP_ACK, TCP_SYN, TcpSegment, build_tcp
+from sidecar.proto.l4 import TCP_ACK, TCP_SYN, TcpSegment, build_tcp, build_tcp_ack_ipv4
 
 SEQ_MODES = (0, 1, 2, 3, 4)
 WINDOW_BASE = 40960
@@ -64,6 +64,10 @@ class FakeTcp:
                 ack: int | None = None, tsecr: int | None = None) -> bytes:
         """One whole IPv4 packet; seq/ack/tsecr default to the current state."""
         window = WINDOW_BASE + self.rng.getrandbits(9)
+        if flags == TCP_ACK:
+            return build_tcp_ack_ipv4(self.src, self.dst, self.ids.next(), self.ttl, self.sport, self.dport,
+                                      self.seq if seq is None else seq, self.ack if ack is None else ack, window,
+                                      ms_clock(now), self.ts_recent if tsecr is None else tsecr, payload)
         tcp = build_tcp(self.src, self.dst, sport=self.sport, dport=self.dport,
                         seq=self.seq if seq is None else seq, ack=self.ack if ack is None else ack,
                         flags=flags, window=window, tsval=ms_clock(now),

@@ -21,7 +21,6 @@ _FLAG_DF = 0x4000
 _FLAG_MF = 0x2000
 _FRAG_OFFSET = 0x1FFF
 _HDR = struct.Struct("!BBHHHBBH4s4s")
-_U16 = struct.Struct("!H")
 
 
 class IPv4Header(NamedTuple):
@@ -82,10 +81,11 @@ def build_ipv4(
     total = HEADER_LEN + payload_len
     if total > 0xFFFF:
         raise ProtocolError(f"ipv4: packet of {total} bytes is too large")
-    flags = _FLAG_DF if df else 0
-    header = bytearray(_HDR.pack(0x45, tos, total, ident & 0xFFFF, flags, ttl, proto, 0, src, dst))
-    _U16.pack_into(header, 10, checksum(header))
-    return bytes(header)
+    flags, ident = _FLAG_DF if df else 0, ident & 0xFFFF
+    # the checksum from the field values: a 4-byte address adds as one u32 (2**16 == 1 mod 0xffff)
+    words = (0x4500 | tos) + total + ident + flags + (ttl << 8 | proto)
+    csum = fold(words + int.from_bytes(src, "big") + int.from_bytes(dst, "big"))
+    return _HDR.pack(0x45, tos, total, ident, flags, ttl, proto, csum, src, dst)
 
 
 def parse_ipv4(packet: bytes | bytearray | memoryview) -> tuple[IPv4Header, memoryview]:

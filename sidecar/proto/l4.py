@@ -37,6 +37,8 @@ UDP_HEADER_LEN = 8
 ICMP_HEADER_LEN = 8
 
 _TCP = struct.Struct("!HHIIBBHHH")
+# IPv4 (no options) + TCP + NOP NOP TS: every post-handshake udp2raw segment, packed in one call
+_IP_TCP_ACK = struct.Struct("!BBHHHBBH4s4sHHIIBBHHHIII")
 _TS = struct.Struct("!II")
 _U16 = struct.Struct("!H")
 _UDP = struct.Struct("!HHHH")
@@ -46,8 +48,15 @@ _ICMP = struct.Struct("!BBHHH")
 _SYN_OPTS_HEAD = bytes.fromhex("020405b40402080a")
 _SYN_OPTS_TAIL = bytes.fromhex("01030305")
 _ACK_OPTS_HEAD = bytes.fromhex("0101080a")
+_ACK_OPTS_WORD = int.from_bytes(_ACK_OPTS_HEAD, "big")
 _SYN_HEADER_LEN = 40
 _ACK_HEADER_LEN = 32
+_M32 = 0xFFFFFFFF
+_DF, _FRAGMENT = 0x4000, 0x3FFF  # the DF flag; MF plus the fragment offset
+# The constant parts of both checksums of an ACK segment: version/IHL, DF, protocol; data offset and
+# ACK flag, the option kinds. A u32 field adds as itself: 2**16 == 1 (mod 0xffff), see ipv4.ones_sum.
+_IP_SUM = 0x4500 + _DF + PROTO_TCP
+_TCP_SUM = PROTO_TCP + (_ACK_HEADER_LEN << 10 | TCP_ACK) + _ACK_OPTS_WORD
 
 
 class TcpSegment(NamedTuple):
@@ -112,6 +121,24 @@ def build_tcp(
     # header_len is even, so the payload's words line up and the two sums simply add.
     _U16.pack_into(header, 16, fold(ones_sum(payload, ones_sum(header, total))))
     return bytes(header) + payload
+
+
+def build_tcp_ack_ipv4(src: bytes, dst: bytes, ident: int, ttl: int, sport: int, dport: int, seq: int, ack: int,
+                       window: int, tsval: int, tsecr: int, payload: Buffer) -> bytes:
+    """The whole IPv4 packet of a non-SYN udp2raw segment (ACK flag, NOP NOP TS, DF, no IP options).
+
+    Byte for byte what `build_ipv4(..., build_tcp(..., flags=TCP_ACK))` gives, in one pack: both
+    checksums are sums of the field values (no header bytes to re-read) plus one pass over the payload.
+    """
+    seq, ack, tsval, tsecr = seq & _M32, ack & _M32, tsval & _M32, tsecr & _M32
+    tcp_len = _ACK_HEADER_LEN + len(payload)
+    addresses = int.from_bytes(src, "big") + int.from_bytes(dst, "big")
+    ip_csum = fold(_IP_SUM + 20 + tcp_len + ident + (ttl << 8) + addresses)
+    tcp_csum = fold(ones_sum(payload, _TCP_SUM + tcp_len + addresses + sport + dport + seq + ack + window + tsval
+                             + tsecr))
+    return _IP_TCP_ACK.pack(0x45, 0, 20 + tcp_len, ident, _DF, ttl, PROTO_TCP, ip_csum, src, dst, sport, dport,
+                            seq, ack, _ACK_HEADER_LEN << 2, TCP_ACK, window, tcp_csum, 0, _ACK_OPTS_WORD, tsval,
+                            tsecr) + payload
 
 
 def _parse_tcp_options(options: memoryview) -> tuple[int | None, int | None]:
@@ -193,9 +220,33 @@ def parse_icmp(message: Buffer) -> tuple[IcmpHeader, memoryview]:
     return IcmpHeader(icmp_type, code, ident, seq), view[ICMP_HEADER_LEN:]
 
 
+def _parse_tcp_ack_ipv4(view: memoryview) -> RawPacket | None:
+    """The packets `build_tcp_ack_ipv4` makes, parsed with one unpack and field-sum checksums; None for
+    anything else, and for anything the general path would reject, so that path reports why."""
+    (ver_ihl, tos, total, ident, frag, ttl, proto, ip_csum, src, dst, sport, dport, seq, ack, offset, flags, window,
+     tcp_csum, urg, options, tsval, tsecr) = _IP_TCP_ACK.unpack_from(view)
+    if (ver_ihl != 0x45 or proto != PROTO_TCP or offset != _ACK_HEADER_LEN << 2 or options != _ACK_OPTS_WORD
+            or not _IP_TCP_ACK.size <= total <= len(view) or frag & _FRAGMENT):
+        return None
+    addresses = int.from_bytes(src, "big") + int.from_bytes(dst, "big")
+    if fold((ver_ihl << 8 | tos) + total + ident + frag + (ttl << 8 | proto) + ip_csum + addresses):
+        return None
+    payload = view[_IP_TCP_ACK.size : total]
+    header_sum = (sport + dport + seq + ack + (offset << 8 | flags) + window + tcp_csum + urg + options + tsval
+                  + tsecr)
+    ok = not fold(ones_sum(payload, header_sum + addresses + PROTO_TCP + total - 20))
+    return RawPacket(IPv4Header(src, dst, proto, ident, ttl, bool(frag & _DF), tos, total, 20),
+                     TcpSegment(sport, dport, seq, ack, flags, window, tsval, tsecr, _ACK_HEADER_LEN, ok), payload)
+
+
 def parse_raw(packet: Buffer) -> RawPacket:
     """Parse a whole IPv4 packet of one of the three raw modes down to the udp2raw blob."""
-    ip, body = parse_ipv4(packet)
+    view = memoryview(packet)
+    if len(view) >= _IP_TCP_ACK.size:
+        fast = _parse_tcp_ack_ipv4(view)
+        if fast is not None:
+            return fast
+    ip, body = parse_ipv4(view)
     if ip.proto == PROTO_TCP:
         l4, payload = parse_tcp(ip.src, ip.dst, body)
     elif ip.proto == PROTO_UDP:

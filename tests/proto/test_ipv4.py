@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import struct
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.errors import ProtocolError
+from sidecar.proto import l4
 from sidecar.proto.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, build_ipv4, checksum, parse_ipv4
 from sidecar.proto.l4 import (
     ICMP_ECHO_REQUEST,
@@ -21,6 +24,7 @@ from sidecar.proto.l4 import (
     UdpHeader,
     build_icmp_echo,
     build_tcp,
+    build_tcp_ack_ipv4,
     build_udp,
     parse_icmp,
     parse_raw,
@@ -163,6 +167,20 @@ def test_tcp_round_trip(
     assert not parse_tcp(SRC, OTHER, segment)[0].checksum_ok  # the pseudo-header counts
 
 
+@FAST
+@given(addr, addr, u16, st.integers(1, 255), u16, u16, u32, u32, u16, u32, u32, st.binary(max_size=1800))
+def test_fused_ack_packet_matches_the_two_builders(
+    src: bytes, dst: bytes, ident: int, ttl: int, sport: int, dport: int, seq: int, ack: int, window: int,
+    tsval: int, tsecr: int, body: bytes,
+) -> None:
+    segment = build_tcp(
+        src, dst, sport=sport, dport=dport, seq=seq, ack=ack, flags=TCP_ACK, window=window,
+        tsval=tsval, tsecr=tsecr, payload=body,
+    )  # fmt: skip
+    expected = build_ipv4(src, dst, PROTO_TCP, len(segment), ident, ttl) + segment
+    assert build_tcp_ack_ipv4(src, dst, ident, ttl, sport, dport, seq, ack, window, tsval, tsecr, body) == expected
+
+
 def raw_tcp(options: bytes) -> bytes:
     offset = (20 + len(options)) // 4 << 4
     return struct.pack("!HHIIBBHHH", 1, 2, 3, 4, offset, TCP_ACK, 5, 0, 0) + options
@@ -287,3 +305,27 @@ def test_parse_raw_mutations(packet: bytes, flips: list[tuple[int, int]]) -> Non
         mutated[pos % len(mutated)] ^= mask
     with contextlib.suppress(ProtocolError):
         parse_raw(mutated)
+
+
+def general_parse(packet: bytes) -> tuple:
+    """parse_raw with its fast path for ACK segments switched off."""
+    with mock.patch.object(l4, "_parse_tcp_ack_ipv4", return_value=None):
+        raw = parse_raw(packet)
+    return raw.ip, raw.l4, bytes(raw.payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=52, max_size=80), st.lists(st.tuples(st.integers(0, 79), st.integers(1, 255)), max_size=3))
+def test_parse_raw_ack_fast_path_agrees_with_the_codecs(body: bytes, flips: list[tuple[int, int]]) -> None:
+    """Valid, corrupted (bad checksums, odd lengths, fragments) and foreign ACK segments: same answer."""
+    packet = bytearray(build_tcp_ack_ipv4(SRC, DST, 7, 64, 1, 2, 3, 4, 5, 6, 8, body))
+    for pos, mask in flips:
+        packet[pos % len(packet)] ^= mask
+    try:
+        expected = general_parse(bytes(packet))
+    except ProtocolError as exc:
+        with pytest.raises(ProtocolError, match=re.escape(str(exc))):
+            parse_raw(packet)
+        return
+    got = parse_raw(packet)
+    assert (got.ip, got.l4, bytes(got.payload)) == expected
