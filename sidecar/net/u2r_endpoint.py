@@ -22,7 +22,7 @@ from sidecar.errors import ProtocolError
 from sidecar.metrics import Counters
 from sidecar.net.firewall import KEEP_RULE_INTERVAL_S, Firewall, FirewallError
 from sidecar.net.raw_filter import program
-from sidecar.net.raw_socket import attach_filter, open_receiver, open_sender, reserve_port
+from sidecar.net.raw_socket import attach_filter, open_receiver, open_sender, reserve_port, size_buffers
 from sidecar.net.udp_service import bind_datagram_socket
 from sidecar.proto.ipv4 import PROTO_ICMP
 from sidecar.proto.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, parse_raw
@@ -158,6 +158,7 @@ class U2rClientEndpoint:
         self.server_ip = socket.inet_ntoa(client.server_ip)
         self.local_ip = socket.inet_ntoa(client.local_ip)
         self.local = bind_datagram_socket(socket.AF_INET, listen, False)
+        size_buffers(self.local, sock_buf, force_buf)
         receiver = open_receiver(self._program(0), dev, sock_buf, force_buf)
         self.pump = _Pump(client, receiver, self._on_event, self.counters, log, sock_buf, force_buf)
         self.reader = get_hub().loop.io(self.local.fileno(), _READ)
@@ -238,6 +239,7 @@ class U2rServerEndpoint:
                  firewall: Firewall | None = None, keep_rule: bool = False, dev: str | None = None,
                  sock_buf: int = 1024 * 1024, force_buf: bool = False) -> None:
         self.server, self.target, self.log, self.rules = server, target, log, _Rules(firewall, keep_rule)
+        self.sock_buf, self.force_buf = sock_buf, force_buf
         self.counters = Counters(DRIVER_COUNTERS)
         mode = server.options.raw_mode
         ip = None if listen[0] == "0.0.0.0" else listen[0]
@@ -286,6 +288,7 @@ class U2rServerEndpoint:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
         try:
+            size_buffers(sock, self.sock_buf, self.force_buf)
             sock.connect(self.target)
         except OSError as exc:
             self.log.warning("u2r-server: cannot reach %s:%d: %s", *self.target, exc)
