@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -68,8 +69,17 @@ class Contender:
                 proc.kill()
 
 
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def bench_env() -> dict[str, str]:
+    """The environment for contenders: this checkout's sidecar first, whatever `pip -e` points at."""
+    return {**os.environ, "PYTHONPATH": ROOT}
+
+
 def spawn(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                            env=bench_env())
 
 
 def ss_pair(name: str, method: str, password: str = "bench-password") -> Contender:

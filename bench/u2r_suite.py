@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import cpu_seconds, rss_kib
+from bench.procs import bench_env, cpu_seconds, rss_kib
 from bench.workloads import percentile
 
 SERVER_NS, CLIENT_NS = "bench-u2rs", "bench-u2rc"
@@ -50,7 +50,7 @@ def delete() -> None:
 
 
 def _in(ns: str, *args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(["ip", "netns", "exec", ns, *args], **kwargs)
+    return subprocess.Popen(["ip", "netns", "exec", ns, *args], env=bench_env(), **kwargs)
 
 
 def _echo(ns: str, bind: str) -> subprocess.Popen:
@@ -62,7 +62,7 @@ def _echo(ns: str, bind: str) -> subprocess.Popen:
 
 def _probe(host: str, port: int) -> dict:
     out = subprocess.run(["ip", "netns", "exec", CLIENT_NS, sys.executable, "-m", "bench.u2r_probe", host, str(port)],
-                         capture_output=True, text=True, check=True, timeout=300)
+                         capture_output=True, text=True, check=True, timeout=300, env=bench_env())
     return json.loads(out.stdout)
 
 
