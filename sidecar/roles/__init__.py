@@ -1,5 +1,7 @@
 """Roles: each assembles its stages from config, owns its listeners, counters and logs."""
 
+from typing import TYPE_CHECKING
+
 from sidecar.config import RoleConfig, SsLocalConfig, SsRedirConfig, SsServerConfig, SsTunnelConfig
 from sidecar.config_kcp import KcpClientConfig, KcpServerConfig
 from sidecar.config_u2r import U2rConfig
@@ -11,10 +13,12 @@ from sidecar.roles.ss_local import SsLocal
 from sidecar.roles.ss_redir import SsRedir
 from sidecar.roles.ss_server import SsServer
 from sidecar.roles.ss_tunnel import SsTunnel
-from sidecar.roles.u2r import U2rRole
+
+if TYPE_CHECKING:
+    from sidecar.roles.u2r import U2rRole
 
 
-def build_role(config: RoleConfig) -> Role | KcpRole:
+def build_role(config: RoleConfig) -> "Role | KcpRole | U2rRole":
     if isinstance(config, SsLocalConfig):
         return SsLocal(config)
     if isinstance(config, SsTunnelConfig):
@@ -28,5 +32,7 @@ def build_role(config: RoleConfig) -> Role | KcpRole:
     if isinstance(config, KcpServerConfig):
         return KcpServer(config)
     if isinstance(config, U2rConfig):
+        from sidecar.roles.u2r import U2rRole  # raw sockets and udp2raw crypto: loaded only when configured
+
         return U2rRole(config)
     raise TypeError(f"no role for {type(config).__name__}")
