@@ -22,7 +22,7 @@ from sidecar.errors import ProtocolError
 from sidecar.metrics import Counters
 from sidecar.net.firewall import KEEP_RULE_INTERVAL_S, Firewall, FirewallError
 from sidecar.net.raw_filter import program
-from sidecar.net.raw_socket import attach_filter, open_receiver, open_sender, reserve_port, size_buffers
+from sidecar.net.raw_socket import attach_filter, open_receiver, open_sender, reserve_port, route_source, size_buffers
 from sidecar.net.udp_service import bind_datagram_socket
 from sidecar.proto.ipv4 import PROTO_ICMP
 from sidecar.proto.l4 import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, parse_raw
@@ -81,8 +81,9 @@ class _Pump:
 
     def flush(self) -> None:
         machine = self.machine
-        for event in machine.take_events():
-            self.on_event(event)
+        while events := machine.take_events():  # handling one may make more (a readdressed client's restart)
+            for event in events:
+                self.on_event(event)
         sender = self.sender
         for packet in machine.take_packets():
             try:
@@ -147,12 +148,18 @@ class _Rules:
 
 
 class U2rClientEndpoint:
-    """`-c`: local UDP on `listen` <-> raw transport to the machine's server."""
+    """`-c`: local UDP on `listen` <-> raw transport to the machine's server.
+
+    With `follow_route` (no `source_ip` configured) every handshake attempt re-resolves the source
+    address the routing table picks for the server: a host that was re-addressed reconnects from its
+    new address, and the server moves the conn there with its flows.
+    """
 
     def __init__(self, client: U2rClient, listen: tuple[str, int], log: logging.Logger, *,
                  firewall: Firewall | None = None, keep_rule: bool = False, dev: str | None = None,
-                 sock_buf: int = 1024 * 1024, force_buf: bool = False) -> None:
+                 sock_buf: int = 1024 * 1024, force_buf: bool = False, follow_route: bool = False) -> None:
         self.client, self.log, self.rules = client, log, _Rules(firewall, keep_rule)
+        self.follow_route = follow_route
         self.counters = Counters(DRIVER_COUNTERS)
         self.mode = client.options.raw_mode
         self.server_ip = socket.inet_ntoa(client.server_ip)
@@ -195,12 +202,31 @@ class U2rClientEndpoint:
             except OSError:
                 self.counters["udp_send_failed"] += 1
         elif isinstance(event, Handshaking):
-            self._take_port(event.port)
+            if not self._readdressed():
+                self._take_port(event.port)
         elif isinstance(event, Ready):
             self.log.info("u2r-client: connected to %s:%d from port %d", self.server_ip, self.client.server_port,
                           self.client.local_port)
         elif isinstance(event, Disconnected):
             self.log.warning("u2r-client: reconnecting: %s", event.reason)
+
+    def _readdressed(self) -> bool:
+        """Whether the route to the server now leaves from another address; if so, the attempt just
+        begun (its packets still queued) is dropped and the machine starts over from the new address."""
+        if not self.follow_route:
+            return False
+        try:
+            ip = route_source(self.server_ip)
+        except OSError:  # no route at the moment: keep trying from the old address
+            return False
+        if ip == self.local_ip:
+            return False
+        self.log.info("u2r-client: source address %s -> %s", self.local_ip, ip)
+        self.local_ip = ip
+        self.client.take_packets()
+        self.client.local_ip = socket.inet_aton(ip)
+        self.client.reconnect(self.pump.now())
+        return True
 
     def _take_port(self, port: int) -> None:
         """Reserve the machine's new port and point the filter at it; a busy port means another one."""

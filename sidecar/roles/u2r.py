@@ -64,7 +64,7 @@ class U2rRole:
             firewall = self._firewall("client", cfg.remote.host, cfg.remote.port, machine.const_id)
             self._endpoint = U2rClientEndpoint(machine, (cfg.listen.host, cfg.listen.port), self.log,
                                                firewall=firewall, keep_rule=cfg.keep_rule, dev=cfg.dev,
-                                               sock_buf=cfg.sock_buf)
+                                               sock_buf=cfg.sock_buf, follow_route=cfg.source_ip is None)
         else:
             listen_ip = None if cfg.listen.host == "0.0.0.0" else cfg.listen.host
             server = u2r_server.U2rServer(codec, keys, options, socket.inet_aton(listen_ip) if listen_ip else None,
