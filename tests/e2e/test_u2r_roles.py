@@ -73,7 +73,8 @@ auth_mode = "{auth}"
 
 
 def test_every_cipher_and_auth_mode(ns, tmp_path):
-    """All 20 cipher x auth pairs at once: one process runs 20 u2r-server roles, another 20 u2r-client roles."""
+    """All 20 cipher x auth pairs, 10,000 datagrams each: one process runs 20 u2r-server roles, another 20
+    u2r-client roles."""
     target = udp_socket(ns.server, ("127.0.0.1", 7000))
     threading.Thread(target=_echo_loop, args=(target,), daemon=True).start()
     pairs = [(c, a) for c in CIPHERS for a in AUTHS]
@@ -108,7 +109,7 @@ auth_mode = "{a}"
             time.sleep(0.1)
         app = udp_socket(ns.client, ("127.0.0.1", 0))
         for i, pair in enumerate(pairs):
-            assert exchange(app, ("127.0.0.1", 3400 + i), 200) == 200, pair
+            assert exchange(app, ("127.0.0.1", 3400 + i), DATAGRAMS) == DATAGRAMS, pair
     finally:
         client.stop()
         server.stop()
