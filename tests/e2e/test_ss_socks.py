@@ -13,6 +13,7 @@ from tests.helpers import (
     echo_transfer,
     free_port,
     recv_exact,
+    require,
     socks5_connect,
     socks5_udp_associate,
     start_sidecar,
@@ -108,15 +109,21 @@ def test_domain_names_and_ipv6_targets(pair, echo):
         client.settimeout(3)
         client.sendto(b"\x00\x00\x00" + encode_addr("localhost", udp.port) + b"by name", relay)
         assert client.recv(100).endswith(b"by name")
-    try:
-        six = socket.create_server(("::1", 0), family=socket.AF_INET6)
-    except OSError:
-        pytest.skip("no IPv6 loopback here") if not __import__("os").environ.get("CI") else pytest.fail("no ::1")
+    require(socket.has_ipv6 and _ipv6_loopback(), "no IPv6 loopback (::1) here")
+    six = socket.create_server(("::1", 0), family=socket.AF_INET6)
     with six, socks5_connect(pair["plain"], "::1", six.getsockname()[1]) as sock:
         peer, _ = six.accept()
         with peer:
             peer.sendall(b"over v6")
             assert recv_exact(sock, 7) == b"over v6"
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        return False
+    return True
 
 
 def test_fragmented_udp_is_dropped_and_counted(pair, echo):
