@@ -7,8 +7,10 @@ import ctypes
 import os
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -113,3 +115,32 @@ def captured_ipv4(sock: socket.socket) -> list[bytes]:
             return packets
         if frame[12:14] == b"\x08\x00":
             packets.append(frame[14:])
+
+
+def start_u2r_pair(ns: NetnsPair, tmp_path: Path, key: str, local: tuple[str, int], raw_port: int = 4096,
+                   wait: Callable[[object, str], None] | None = None) -> tuple[object, object]:
+    """A u2r-server role (`sidecar run -c`, target 127.0.0.1:7000 in the server namespace) and a client
+    from udp2raw's flags (`sidecar udp2raw -c -a`), hmac_sha1; (server, client) Processes, the server
+    ready and the client started (not yet connected: `wait(client, "connected to")` for that)."""
+    from tests.helpers import Process
+
+    config = tmp_path / "server.toml"
+    config.write_text(f"""
+[control]
+enabled = false
+
+[[u2r-server]]
+name = "srv"
+listen = "{ns.SERVER_IP}:{raw_port}"
+remote = "127.0.0.1:7000"
+key = "{key}"
+auth_mode = "hmac_sha1"
+""")
+    server = Process(["ip", "netns", "exec", ns.server, sys.executable, "-m", "sidecar", "run", "-c", str(config)],
+                     tmp_path / "server.log")
+    if wait is not None:
+        wait(server, "sidecar ready")
+    client = Process(["ip", "netns", "exec", ns.client, sys.executable, "-m", "sidecar", "udp2raw", "-c",
+                      "-l", f"{local[0]}:{local[1]}", "-r", f"{ns.SERVER_IP}:{raw_port}", "-k", key,
+                      "--auth-mode", "hmac_sha1", "-a"], tmp_path / "client.log")
+    return server, client

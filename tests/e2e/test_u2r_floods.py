@@ -13,7 +13,6 @@ import os
 import random
 import shutil
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from sidecar.proto.l4 import TCP_ACK, TCP_SYN, build_tcp
 from sidecar.proto.u2r_crypto import BlobCodec, Direction, derive_keys
 from sidecar.proto.u2r_frame import build_bare
 from sidecar.proto.u2r_handshake import MAX_HALF_OPEN
-from tests.e2e.netns import NetnsPair, capture, in_netns, sh, udp_socket
+from tests.e2e.netns import NetnsPair, capture, in_netns, sh, start_u2r_pair, udp_socket
 from tests.e2e.test_u2r_raw import _echo_loop, exchange, rss_mb, wait_line
 from tests.helpers import Process, counters, require
 
@@ -143,24 +142,7 @@ def raw_sender(ns: NetnsPair) -> socket.socket:
 
 
 def start_peers(ns: NetnsPair, tmp_path: Path) -> tuple[Process, Process]:
-    config = tmp_path / "server.toml"
-    config.write_text(f"""
-[control]
-enabled = false
-
-[[u2r-server]]
-name = "srv"
-listen = "{ns.SERVER_IP}:{RAW_PORT}"
-remote = "127.0.0.1:7000"
-key = "{KEY}"
-auth_mode = "hmac_sha1"
-""")
-    server = Process(["ip", "netns", "exec", ns.server, sys.executable, "-m", "sidecar", "run", "-c", str(config)],
-                     tmp_path / "server.log")
-    wait_line(server, "sidecar ready")
-    client = Process(["ip", "netns", "exec", ns.client, sys.executable, "-m", "sidecar", "udp2raw", "-c",
-                      "-l", f"127.0.0.1:{UDP_PORT}", "-r", f"{ns.SERVER_IP}:{RAW_PORT}", "-k", KEY,
-                      "--auth-mode", "hmac_sha1", "-a"], tmp_path / "client.log")
+    server, client = start_u2r_pair(ns, tmp_path, KEY, ("127.0.0.1", UDP_PORT), RAW_PORT, wait_line)
     wait_line(client, "connected to")
     return server, client
 

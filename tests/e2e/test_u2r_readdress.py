@@ -18,14 +18,13 @@ import os
 import re
 import shutil
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.netns import NetnsPair, sh, udp_socket
+from tests.e2e.netns import NetnsPair, sh, start_u2r_pair, udp_socket
 from tests.e2e.test_u2r_raw import exchange, wait_line
 from tests.helpers import Process, counters, require
 
@@ -104,24 +103,7 @@ def test_client_that_changes_address_or_port_keeps_its_flow(ns: NetnsPair, tmp_p
     target = udp_socket(ns.server, ("127.0.0.1", 7000))
     flow_sockets: list[tuple[str, int]] = []
     threading.Thread(target=_recording_echo, args=(target, flow_sockets), daemon=True).start()
-    config = tmp_path / "server.toml"
-    config.write_text(f"""
-[control]
-enabled = false
-
-[[u2r-server]]
-name = "srv"
-listen = "{ns.SERVER_IP}:4096"
-remote = "127.0.0.1:7000"
-key = "{KEY}"
-auth_mode = "hmac_sha1"
-""")
-    server = Process(["ip", "netns", "exec", ns.server, sys.executable, "-m", "sidecar", "run", "-c", str(config)],
-                     tmp_path / "server.log")
-    wait_line(server, "sidecar ready")
-    client = Process(["ip", "netns", "exec", ns.client, sys.executable, "-m", "sidecar", "udp2raw", "-c",
-                      "-l", f"{LOCAL[0]}:{LOCAL[1]}", "-r", f"{ns.SERVER_IP}:4096", "-k", KEY,
-                      "--auth-mode", "hmac_sha1", "-a"], tmp_path / "client.log")
+    server, client = start_u2r_pair(ns, tmp_path, KEY, LOCAL, 4096, wait_line)
     try:
         wait_line(client, "connected to")
         with udp_socket(ns.client, ("127.0.0.1", 0)) as app:
