@@ -17,8 +17,9 @@ from sidecar.roles import build_role
 EXIT_CONFIG, EXIT_RUNTIME = 2, 1
 
 DESCRIPTION = """\
-sidecar: one low-memory daemon that plays the Shadowsocks roles (ss-local, ss-server, ss-tunnel)
-and chains them in one process, configured by one TOML file.
+sidecar: one low-memory daemon for the Shadowsocks (ss-local, ss-server, ss-tunnel, ss-redir),
+kcptun (kcp-client, kcp-server) and udp2raw (u2r-client, u2r-server) roles, any number of them in one
+process, configured by one TOML file.
 
   sidecar run                 run the built-in demo: SOCKS5 on 127.0.0.1:1080 through an
                               in-process ss-server on 127.0.0.1:18388
