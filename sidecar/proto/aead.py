@@ -12,10 +12,15 @@ from typing import Protocol
 from sidecar.errors import AuthError
 
 try:
+    import cryptography
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+    # Before 41 the AEAD calls take only bytes (Debian 12 ships 38): copy views there, not elsewhere.
+    _BYTES_ONLY = int(cryptography.__version__.split(".")[0]) < 41
 except ImportError:  # pragma: no cover - exercised on routers without `cryptography`
     AESGCM = ChaCha20Poly1305 = None  # type: ignore[assignment,misc]
+    _BYTES_ONLY = False
 
 TAG_LEN = 16
 Buffer = bytes | bytearray | memoryview
@@ -35,11 +40,11 @@ class OpenSslAead:
         self._impl = impl
 
     def seal(self, nonce: bytes, data: Buffer) -> bytes:
-        return self._impl.encrypt(nonce, data, None)  # type: ignore[attr-defined]
+        return self._impl.encrypt(nonce, bytes(data) if _BYTES_ONLY else data, None)  # type: ignore[attr-defined]
 
     def open(self, nonce: bytes, data: Buffer) -> bytes:
         try:
-            return self._impl.decrypt(nonce, data, None)  # type: ignore[attr-defined]
+            return self._impl.decrypt(nonce, bytes(data) if _BYTES_ONLY else data, None)  # type: ignore[attr-defined]
         except InvalidTag:
             raise AuthError("AEAD tag mismatch") from None
 
