@@ -37,8 +37,8 @@ from sidecar.proto.u2r_session import (
     TICK_S,
     Deliver,
     Disconnected,
-    Event,
     Handshaking,
+    Outputs,
     Ready,
     Session,
     U2rOptions,
@@ -50,12 +50,13 @@ COUNTERS = ("raw_in", "raw_foreign", "rejected", "rst", "handshakes", "ready", "
 PORT_RANGE = (10000, 65534)
 
 
-class U2rClient:
+class U2rClient(Outputs):
     """One udp2raw client conn. `local_ip`/`server_ip` are 4-byte addresses (socket.inet_aton)."""
 
     def __init__(self, codec: BlobCodec, keys: Keys, options: U2rOptions, local_ip: bytes, server_ip: bytes,
                  server_port: int, *, source_port: int | None = None, const_id: int | None = None,
                  rng: random.Random | None = None, ip_ids: IpIds | None = None, max_convs: int = MAX_CONVS) -> None:
+        super().__init__()
         self.options, self.local_ip, self.server_ip, self.server_port = options, local_ip, server_ip, server_port
         self.source_port = source_port
         self.rng = rng or random.Random()
@@ -71,18 +72,8 @@ class U2rClient:
         self.path: FakeTcp | UdpPath | IcmpPath | None = None
         self.session: Session | None = None
         self.state_since = self.last_send = self._tick_at = 0.0
-        self._packets: list[bytes] = []
-        self._events: list[Event] = []
 
     # --- outputs -----------------------------------------------------------------------------------
-
-    def take_packets(self) -> list[bytes]:
-        packets, self._packets = self._packets, []
-        return packets
-
-    def take_events(self) -> list[Event]:
-        events, self._events = self._events, []
-        return events
 
     def next_deadline(self) -> float:
         if self.state is ClientState.READY:

@@ -35,10 +35,10 @@ from sidecar.proto.u2r_session import (
     MAX_DATAGRAM,
     TICK_S,
     Disconnected,
-    Event,
     FlowClosed,
     FlowData,
     FlowOpened,
+    Outputs,
     Ready,
     Session,
     U2rOptions,
@@ -61,13 +61,14 @@ class ServerConn:
         self.key, self.path, self.session, self.const_id, self.convs = key, path, session, const_id, convs
 
 
-class U2rServer:
+class U2rServer(Outputs):
     """All conns of one udp2raw server (`-l listen_ip:listen_port`; listen_ip None = any address)."""
 
     def __init__(self, codec: BlobCodec, keys: Keys, options: U2rOptions, listen_ip: bytes | None,
                  listen_port: int, *, const_id: int | None = None, rng: random.Random | None = None,
                  ip_ids: IpIds | None = None, max_half_open: int = MAX_HALF_OPEN, max_ready: int = MAX_READY,
                  max_convs: int = MAX_CONVS) -> None:
+        super().__init__()
         self.options, self.listen_ip, self.listen_port = options, listen_ip, listen_port
         self.rng = rng or random.Random()
         self.ids = ip_ids or IpIds(self.rng)
@@ -83,18 +84,8 @@ class U2rServer:
         self._answer_syn = options.raw_mode == "faketcp"  # easy-faketcp: the kernel's listen socket does
         self._next_flow = 1
         self._tick_at = 0.0
-        self._packets: list[bytes] = []
-        self._events: list[Event] = []
 
     # --- outputs -----------------------------------------------------------------------------------
-
-    def take_packets(self) -> list[bytes]:
-        packets, self._packets = self._packets, []
-        return packets
-
-    def take_events(self) -> list[Event]:
-        events, self._events = self._events, []
-        return events
 
     def next_deadline(self) -> float:
         return self._tick_at

@@ -110,6 +110,22 @@ class FlowClosed(NamedTuple):
 Event = Deliver | Handshaking | Ready | Disconnected | FlowOpened | FlowData | FlowClosed
 
 
+class Outputs:
+    """What a state machine has for its driver: whole IPv4 packets to send and events, each drained once."""
+
+    def __init__(self) -> None:
+        self._packets: list[bytes] = []
+        self._events: list[Event] = []
+
+    def take_packets(self) -> list[bytes]:
+        packets, self._packets = self._packets, []
+        return packets
+
+    def take_events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+
 # --- the blob wire --------------------------------------------------------------------------------
 
 
