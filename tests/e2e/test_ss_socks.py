@@ -172,10 +172,9 @@ def test_idle_timeout_closes_and_counts(pair, echo):
     assert counters(log, "ss-server[0]")["timeouts"] >= 1
 
 
-def test_connection_limit(tmp_path, echo):
-    tcp, _ = echo
-    server, local = free_port(), free_port()
-    proc = start_sidecar(f"""
+def local_pair(server: int, local: int, local_extra: str = "") -> str:
+    """An ss-server and an ss-local pointed at it, on loopback."""
+    return f"""
 [[ss-server]]
 block_private = false  # the test targets live on loopback or in 10.x
 server = "127.0.0.1"
@@ -187,8 +186,14 @@ local_port = {local}
 server = "127.0.0.1"
 server_port = {server}
 password = "pw"
-max_connections = 2
-""", tmp_path, wait_ports=(server,))
+{local_extra}
+"""
+
+
+def test_connection_limit(tmp_path, echo):
+    tcp, _ = echo
+    server, local = free_port(), free_port()
+    proc = start_sidecar(local_pair(server, local, "max_connections = 2"), tmp_path, wait_ports=(server,))
     time.sleep(0.5)
     held = [socks5_connect(local, "127.0.0.1", tcp.port) for _ in range(2)]
     try:
@@ -208,19 +213,7 @@ max_connections = 2
 def test_sigterm_drains_then_exits_cleanly(tmp_path, echo):
     tcp, _ = echo
     server, local = free_port(), free_port()
-    proc = start_sidecar(f"""
-[[ss-server]]
-block_private = false  # the test targets live on loopback or in 10.x
-server = "127.0.0.1"
-server_port = {server}
-password = "pw"
-
-[[ss-local]]
-local_port = {local}
-server = "127.0.0.1"
-server_port = {server}
-password = "pw"
-""", tmp_path, wait_ports=(server, local))
+    proc = start_sidecar(local_pair(server, local), tmp_path, wait_ports=(server, local))
     held = socks5_connect(local, "127.0.0.1", tcp.port)
     started = time.monotonic()
     log = proc.stop()
