@@ -50,7 +50,7 @@ def play(relay: tuple[str, int], header: bytes, result: GameResult) -> None:
             payload = i.to_bytes(4, "big") + bytes(rng.randint(56, 296))
             sent_at[i] = time.perf_counter()
             sock.sendto(header + payload, relay)
-        result.sent = RATE_PPS * SECONDS
+        result.sent += RATE_PPS * SECONDS
         deadline = time.perf_counter() + 1.0
         while time.perf_counter() < deadline:
             _collect(sock, header, sent_at, result)
@@ -68,31 +68,44 @@ def _collect(sock: socket.socket, header: bytes, sent_at: dict[int, float], resu
             result.rtt_ms.append((time.perf_counter() - sent_at.pop(index)) * 1e3)
 
 
-def run(method: str) -> list[GameResult]:
+def _play_direct(link: Impairment, seed: int, targets: Targets, result: GameResult) -> None:
+    direct = spawn_impairer(("127.0.0.1", 0), ("127.0.0.1", targets.udp_echo), both=link, seed=seed)
+    try:
+        play(direct.listen, b"", result)
+    finally:
+        direct.stop()
+
+
+def _play_pair(impl: str, method: str, link: Impairment, seed: int, targets: Targets, result: GameResult) -> None:
+    server_port = free_port()
+    impairer = spawn_impairer(("127.0.0.1", 0), ("127.0.0.1", server_port), both=link, seed=seed)
+    contender: Contender | None = None
+    try:
+        contender = ss_pair_at(impl, method, server_port, impairer.listen[1])
+        time.sleep(0.5)
+        control, relay = _socks_relay(contender.socks_port)
+        play(relay, b"\x00\x00\x00" + encode_addr("127.0.0.1", targets.udp_echo), result)
+        control.close()
+    finally:
+        if contender is not None:
+            contender.stop()
+        impairer.stop()
+
+
+def run(method: str, rounds: int = 1) -> list[GameResult]:
+    """Per loss, rounds alternate the contenders (A B C A B C ...); within a round all see the same drops
+    (one impairer seed per round)."""
     targets = Targets()
     results = []
     try:
         for loss in LOSSES:
             link = Impairment(loss=loss, delay_ms=20.0)
-            direct = spawn_impairer(("127.0.0.1", 0), ("127.0.0.1", targets.udp_echo), both=link, seed=3)
-            result = GameResult("direct", loss)
-            play(direct.listen, b"", result)
-            direct.stop()
-            results.append(result)
-            for impl in ("sidecar", "libev"):
-                server_port = free_port()
-                impairer = spawn_impairer(("127.0.0.1", 0), ("127.0.0.1", server_port), both=link, seed=3)
-                contender: Contender = ss_pair_at(impl, method, server_port, impairer.listen[1])
-                try:
-                    time.sleep(0.5)
-                    control, relay = _socks_relay(contender.socks_port)
-                    result = GameResult(impl, loss)
-                    play(relay, b"\x00\x00\x00" + encode_addr("127.0.0.1", targets.udp_echo), result)
-                    control.close()
-                    results.append(result)
-                finally:
-                    contender.stop()
-                    impairer.stop()
+            by_name = {name: GameResult(name, loss) for name in ("direct", "sidecar", "libev")}
+            for seed in range(3, 3 + rounds):
+                _play_direct(link, seed, targets, by_name["direct"])
+                for impl in ("sidecar", "libev"):
+                    _play_pair(impl, method, link, seed, targets, by_name[impl])
+            results += by_name.values()
     finally:
         targets.stop()
     return results

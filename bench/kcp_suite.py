@@ -16,16 +16,21 @@ from bench.targets import Targets
 from bench.workloads import _recv_exact, median, percentile, timed_download
 
 KEY = "bench-key"
-LINKS = [("clean", 0.0, 0.0), ("2% loss, 20 ms", 0.02, 20.0), ("10% loss, 20 ms", 0.10, 20.0)]
+LOSSES = (0.0, 0.01, 0.02, 0.05, 0.10)  # each with 20 ms each way; 0, 1, 5 and 10% make the goodput plot
+LINKS = [("clean", 0.0, 0.0), *((f"{loss * 100:.0f}% loss, 20 ms", loss, 20.0) for loss in LOSSES)]
 
 
 @dataclass
 class KcpResult:
     name: str
     link: str
+    loss: float = 0.0
+    delay_ms: float = 0.0
     mbps: list[float] = field(default_factory=list)
     rtt_us: list[float] = field(default_factory=list)
     cpu_s: float = 0.0
+    bulk_cpu_s: float = 0.0  # during the downloads only
+    bulk_bytes: int = 0
     rss_kib: int = 0
 
 
@@ -73,6 +78,16 @@ def exchanges(port: int, count: int) -> list[float]:
     return times
 
 
+def _measure_round(contender: Contender, r: KcpResult, size: int, count: int) -> None:
+    before = contender.cpu_seconds()
+    r.mbps.append(download(contender.socks_port, size))
+    bulk_done = contender.cpu_seconds()
+    r.rtt_us += exchanges(contender.socks_port, count)
+    r.cpu_s += contender.cpu_seconds() - before
+    r.bulk_cpu_s += bulk_done - before
+    r.bulk_bytes += size
+
+
 def run(rounds: int, bulk_bytes: int, count: int) -> list[KcpResult]:
     targets = Targets()
     results: list[KcpResult] = []
@@ -80,14 +95,11 @@ def run(rounds: int, bulk_bytes: int, count: int) -> list[KcpResult]:
         for link, loss, delay in LINKS:
             pairs = [kcp_pair(impl, targets.mux, loss, delay) for impl in ("sidecar", "kcptun")]
             time.sleep(1.0)
-            by_name = {c.name: KcpResult(c.name, link) for c, _ in pairs}
+            by_name = {c.name: KcpResult(c.name, link, loss, delay) for c, _ in pairs}
             for _ in range(rounds):
                 for contender, _ in pairs:
-                    r = by_name[contender.name]
-                    before = contender.cpu_seconds()
-                    r.mbps.append(download(contender.socks_port, bulk_bytes if not loss else bulk_bytes // 4))
-                    r.rtt_us += exchanges(contender.socks_port, count)
-                    r.cpu_s += contender.cpu_seconds() - before
+                    _measure_round(contender, by_name[contender.name], bulk_bytes if not loss else bulk_bytes // 4,
+                                   count)
             for contender, impairer in pairs:
                 by_name[contender.name].rss_kib = contender.rss_kib("VmHWM")
                 contender.stop()
@@ -100,9 +112,18 @@ def run(rounds: int, bulk_bytes: int, count: int) -> list[KcpResult]:
 
 def table(results: list[KcpResult]) -> list[str]:
     lines = ["| link | contender | bulk MB/s, median (min-max) | 64 B req/resp p50 / p99 µs | CPU s (both) "
-             "| peak RSS MiB (both) |", "|---|---|---|---|---|---|"]
+             "| CPU s per GB (both, downloads) | peak RSS MiB (both) |", "|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r.link} | {r.name} | {median(r.mbps):.1f} ({min(r.mbps):.1f}-{max(r.mbps):.1f}) "
                      f"| {percentile(r.rtt_us, 50):.0f} / {percentile(r.rtt_us, 99):.0f} | {r.cpu_s:.1f} "
-                     f"| {r.rss_kib / 1024:.1f} |")
+                     f"| {r.bulk_cpu_s / (r.bulk_bytes / 1e9):.1f} | {r.rss_kib / 1024:.1f} |")
     return lines
+
+
+def goodput(results: list[KcpResult], delay_ms: float = 20.0) -> dict[str, dict[float, list[float]]]:
+    """MB/s per contender and loss on the links with `delay_ms`, for plots.goodput_vs_loss."""
+    series: dict[str, dict[float, list[float]]] = {}
+    for r in results:
+        if r.delay_ms == delay_ms:
+            series.setdefault(r.name, {})[r.loss] = r.mbps
+    return series

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,15 +17,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
+def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            socket.create_connection((host, port), timeout=0.5).close()
             return
         except OSError:
             time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+    raise TimeoutError(f"nothing listens on {host}:{port}")
 
 
 def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
@@ -89,9 +90,11 @@ def ss_pair(name: str, method: str, password: str = "bench-password") -> Contend
 
 
 def ss_pair_at(name: str, method: str, server_port: int, client_to_port: int,
-               password: str = "bench-password") -> Contender:
+               password: str = "bench-password", server_host: str = "127.0.0.1",
+               server_prefix: Sequence[str] = ()) -> Contender:
     """The pair with the server on `server_port` and the client sending to `client_to_port` (an
-    impairer in between, for UDP), as two processes."""
+    impairer in between, for UDP), as two processes. `server_prefix` runs the server inside something
+    (`ip netns exec NS`), listening on `server_host`, which the client then sends to."""
     socks_port = free_port()
     if name == "sidecar":
         base = [sys.executable, "-m", "sidecar"]
@@ -100,9 +103,9 @@ def ss_pair_at(name: str, method: str, server_port: int, client_to_port: int,
     else:
         server, local = [shutil.which("ss-server") or "ss-server"], [shutil.which("ss-local") or "ss-local"]
     common = ["-k", password, "-m", method, "-u"]
-    procs = [spawn(server + ["-s", "127.0.0.1", "-p", str(server_port), *common])]
-    wait_for_port(server_port)
-    procs.append(spawn(local + ["-s", "127.0.0.1", "-p", str(client_to_port), "-b", "127.0.0.1", "-l", str(socks_port),
+    procs = [spawn([*server_prefix, *server, "-s", server_host, "-p", str(server_port), *common])]
+    wait_for_port(server_port, 30.0, server_host)
+    procs.append(spawn(local + ["-s", server_host, "-p", str(client_to_port), "-b", "127.0.0.1", "-l", str(socks_port),
                                 *common]))
     wait_for_port(socks_port)
     return Contender(name, socks_port, procs)

@@ -1,4 +1,5 @@
-"""Entry point: `python -m bench [--suite ss] [--rounds N]`; prints the tables and writes BENCHMARKS.md."""
+"""Entry point: `python -m bench [--suite ss|ss-loss|kcp|u2r|memory|all] [--rounds N]`; prints the tables
+and writes BENCHMARKS.md."""
 
 import argparse
 import datetime
@@ -8,8 +9,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench import game, kcp_suite, memory_suite, ss_suite, u2r_suite
-from bench.plots import latency_cdf
+from bench import game, kcp_suite, memory_suite, ss_loss_suite, ss_suite, tun_link, u2r_suite
+from bench.plots import goodput_vs_loss, latency_cdf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,34 +41,71 @@ def ss_section(args: argparse.Namespace) -> list[str]:
     lines += ["### ss: game-like UDP over a lossy link", "",
               f"{game.RATE_PPS} datagrams/s of 60-300 bytes for {game.SECONDS} s, each echoed, through SOCKS5 UDP "
               "ASSOCIATE with the impairer between ss-local and ss-server (random loss each way, 20 ms each way); "
-              "direct sends through the same impairer to the echo. Delivered counts round trips.", ""]
-    return lines + game.table(game.run(args.method)) + [""]
+              f"direct sends through the same impairer to the echo. Delivered counts round trips, over "
+              f"{args.rounds} rounds per contender, contenders alternated; within a round all three see the same "
+              "drops (one impairer seed per round).", ""]
+    return lines + game.table(game.run(args.method, args.rounds)) + [""]
+
+
+def ss_loss_section(args: argparse.Namespace) -> list[str]:
+    losses = ", ".join(f"{loss * 100:.0f}%" for loss in ss_loss_suite.LOSSES)
+    lines = [f"## ss-loss: Shadowsocks pair over a lossy TCP link ({args.method})", "",
+             "ss-local in this namespace, ss-server and the targets in a network namespace of their own, the TCP "
+             "between them through bench/tun_link.py: a user-space router between two TUN devices that drops "
+             f"each IP packet at random ({losses} each way) and delays each by {ss_loss_suite.DELAY_MS:.0f} ms each "
+             "way, so both loss and delay are emulated per packet (no netem here) and the kernels' TCP "
+             "retransmits and backs off as on a real path; the router itself is a Python process and caps the "
+             "loss-free rate. Direct is the same workloads with no proxy over the same link. Per round and "
+             f"contender: one {args.ss_loss_mb:g} MB download ({args.ss_loss_mb * ss_loss_suite.CLEAN_FACTOR:g} MB "
+             f"at 0% loss) and {args.ss_loss_exchanges} 64-byte exchanges on one connection; {args.rounds} rounds, "
+             "contenders alternated. Reproduce: "
+             f"`sudo python -m bench --suite ss-loss --rounds {args.rounds}`.", ""]
+    why = tun_link.unavailable()
+    if why:
+        print(f"ss-loss: not run: {why}")
+        return lines + [f"(not run: {why})", ""]
+    results = ss_loss_suite.run(args.method, args.rounds, int(args.ss_loss_mb * 1e6), args.ss_loss_exchanges)
+    lines += ss_loss_suite.table(results) + [""]
+    plot = goodput_vs_loss(ss_loss_suite.goodput(results), "ss pair over a lossy TCP link (20 ms each way)",
+                           "ss-goodput-vs-loss.png")
+    return lines + ([f"![ss goodput against loss]({plot})", ""] if plot else [])
 
 
 def kcp_section(args: argparse.Namespace) -> list[str]:
+    losses = ", ".join(f"{loss * 100:.0f}%" for loss in kcp_suite.LOSSES)
     lines = ["## kcp: kcptun pair (aes, fast, FEC 10/3, compression on)", "",
              f"kcp-client -> impairer -> kcp-server -> target, on loopback, each pair as two processes, the "
-             f"impairer (bench/impair.py) between them: clean, and 2% and 10% random loss each way with 20 ms "
-             f"delay each way. Per round and contender: one {args.kcp_mb} MB download ({args.kcp_mb / 4:g} MB on "
-             f"the lossy links) and {args.kcp_exchanges} 64-byte exchanges; {args.rounds} rounds, contenders "
-             f"alternated. CPU is both processes' user+system seconds over all rounds. Reproduce: "
+             f"impairer (bench/impair.py, per UDP datagram) between them: clean (no delay), and {losses} random "
+             f"loss each way with 20 ms delay each way. Per round and contender: one {args.kcp_mb} MB download "
+             f"({args.kcp_mb / 4:g} MB on the lossy links) and {args.kcp_exchanges} 64-byte exchanges; "
+             f"{args.rounds} rounds, contenders alternated. CPU s is both processes' user+system seconds over all "
+             "rounds; CPU s per GB counts the downloads only. Reproduce: "
              f"`python -m bench --suite kcp --rounds {args.rounds}`.", ""]
     results = kcp_suite.run(args.rounds, args.kcp_mb * 1_000_000, args.kcp_exchanges)
-    return lines + kcp_suite.table(results) + [""]
+    lines += kcp_suite.table(results) + [""]
+    plot = goodput_vs_loss(kcp_suite.goodput(results), "kcp pair: goodput against loss (20 ms each way)",
+                           "kcp-goodput-vs-loss.png")
+    return lines + ([f"![kcp goodput against loss]({plot})", ""] if plot else [])
 
 
 def u2r_section(args: argparse.Namespace) -> list[str]:
     lines = ["## u2r: udp2raw roles between two network namespaces (needs root)", "",
              "probe -> u2r-client -> raw faketcp over a veth -> u2r-server -> UDP echo, against the same probe "
-             "straight to an echo on the far namespace. 2,000 round trips of 64 bytes, then 1 s paced blasts of "
+             "straight to an echo on the far namespace. "
+             f"{u2r_suite.PROBE_TRIPS:,} round trips of 64 bytes, then 1 s paced blasts of "
              "1,200-byte datagrams at each rate (echoed, so the load runs both ways); \"loss-free\" is the "
-             "highest rate with at least 99.9% back. The real udp2raw is in no registry, so it is not run here; "
-             "its figures on this machine are in ../shared/specs/udp2raw.md section 11. Reproduce: "
-             "`sudo python -m bench --suite u2r`.", ""]
+             "highest rate with at least 99.9% back (median over rounds). The real udp2raw is in no registry: it "
+             "runs as a third contender, same cases and options plus -a (its own iptables rule), when the "
+             "environment variable UDP2RAW_BIN names its binary; its figures on this machine are also in "
+             f"../shared/specs/udp2raw.md section 11. {args.rounds} rounds, contenders alternated, each started "
+             "afresh per round. CPU s is both processes' over the probes; CPU s per GB is theirs during the rate "
+             "blasts over the blast payload echoed back, counted twice (it crossed the tunnel each way). "
+             f"Reproduce: `sudo UDP2RAW_BIN=/path/to/udp2raw python -m bench --suite u2r --rounds {args.rounds}`.",
+             ""]
     if os.geteuid() != 0:
         return lines + ["(not run: needs root)", ""]
     with tempfile.TemporaryDirectory() as tmp:
-        return lines + u2r_suite.table(u2r_suite.run(Path(tmp))) + [""]
+        return lines + u2r_suite.table(u2r_suite.run(Path(tmp), args.rounds)) + [""]
 
 
 def memory_section(_: argparse.Namespace) -> list[str]:
@@ -81,16 +119,20 @@ def memory_section(_: argparse.Namespace) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--suite", choices=["ss", "kcp", "u2r", "memory", "all"], default="all")
+    parser.add_argument("--suite", choices=["ss", "ss-loss", "kcp", "u2r", "memory", "all"], default="all")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--bulk-mb", type=int, default=200)
     parser.add_argument("--exchanges", type=int, default=2000)
     parser.add_argument("--method", default="aes-256-gcm")
+    parser.add_argument("--ss-loss-mb", type=float, default=2.0,
+                        help="download per round on the lossy ss-loss links (10x on the loss-free one)")
+    parser.add_argument("--ss-loss-exchanges", type=int, default=200)
     parser.add_argument("--kcp-mb", type=int, default=20)
     parser.add_argument("--kcp-exchanges", type=int, default=300)
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args()
-    sections = {"ss": ss_section, "kcp": kcp_section, "u2r": u2r_section, "memory": memory_section}
+    sections = {"ss": ss_section, "ss-loss": ss_loss_section, "kcp": kcp_section, "u2r": u2r_section,
+                "memory": memory_section}
     body = [line for name, section in sections.items() if args.suite in (name, "all") for line in section(args)]
     findings = (Path(__file__).with_name("findings.md")).read_text()
     text = "\n".join(["# Benchmarks", "", f"Machine: {machine()}.", "",

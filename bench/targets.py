@@ -9,22 +9,23 @@ import selectors
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 
 CHUNK = memoryview(bytes(1 << 16))
 
 
 class _Server:
-    def __init__(self) -> None:
+    def __init__(self, bind: str = "127.0.0.1") -> None:
         self.sel = selectors.DefaultSelector()
         self.ports: dict[str, int] = {}
         for name, handler in (("source", self._on_source_ready), ("echo", self._on_echo_ready),
                               ("mux", self._on_mux_ready)):
-            listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+            listener = socket.create_server((bind, 0), backlog=1024)
             listener.setblocking(False)
             self.sel.register(listener, selectors.EVENT_READ, (self._accept, handler))
             self.ports[name] = listener.getsockname()[1]
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
+        self.udp.bind((bind, 0))
         self.udp.setblocking(False)
         self.sel.register(self.udp, selectors.EVENT_READ, (self._udp_echo, None))
         self.ports["udp_echo"] = self.udp.getsockname()[1]
@@ -99,10 +100,16 @@ class _Server:
 
 
 class Targets:
-    """The target process, started now; `source`, `echo`, `mux` and `udp_echo` are its ports."""
+    """The target process, started now; `source`, `echo`, `mux` and `udp_echo` are its ports, on `host`.
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.targets"], stdout=subprocess.PIPE, text=True)
+    `prefix` runs it inside something (`ip netns exec NS`), bound to `bind`; `host` is where clients
+    (and proxies' servers) reach it.
+    """
+
+    def __init__(self, prefix: Sequence[str] = (), bind: str = "127.0.0.1", host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "bench.targets", bind], stdout=subprocess.PIPE,
+                                     text=True)
         ports = json.loads(self.proc.stdout.readline())  # type: ignore[union-attr]
         self.source, self.echo, self.udp_echo = ports["source"], ports["echo"], ports["udp_echo"]
         self.mux = ports["mux"]
@@ -113,4 +120,4 @@ class Targets:
 
 
 if __name__ == "__main__":
-    _Server().run()
+    _Server(*sys.argv[1:2]).run()

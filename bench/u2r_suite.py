@@ -1,16 +1,21 @@
 """The `u2r` suite (root): UDP through sidecar's udp2raw roles between two namespaces, against direct
-UDP on the same veth; faketcp with aes128cfb + hmac_sha1 and aes128cbc + md5.
+UDP on the same veth and, where UDP2RAW_BIN names its binary, the real udp2raw; faketcp with
+aes128cfb + hmac_sha1 and aes128cbc + md5.
 
     client ns: probe -> u2r-client 127.0.0.1:3333 ==raw==> server ns: u2r-server -> UDP echo 127.0.0.1:7000
     direct:    probe ------------------------------------> server ns: UDP echo 10.231.0.1:7000
 """
 
 import json
+import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from statistics import median
 
 from bench.procs import bench_env, cpu_seconds, rss_kib
 from bench.workloads import percentile
@@ -18,15 +23,28 @@ from bench.workloads import percentile
 SERVER_NS, CLIENT_NS = "bench-u2rs", "bench-u2rc"
 SERVER_IP, CLIENT_IP = "10.231.0.1", "10.231.0.2"
 CASES = [("faketcp", "aes128cfb", "hmac_sha1"), ("faketcp", "aes128cbc", "md5")]
+PROBE_TRIPS, PROBE_RATES = 2000, ""  # "": the probe's own rate list; a smoke run may shrink both
 
 
 @dataclass
 class U2rResult:
     name: str
-    rtt_us: list[float]
-    rates: dict[str, float]
+    rtt_us: list[float] = field(default_factory=list)
+    rates: dict[str, list[float]] = field(default_factory=dict)  # Mbit/s offered -> delivered fraction per round
     rss_kib: int = 0
     cpu_s: float = 0.0
+    blast_cpu_s: float = 0.0  # during the rate blasts only
+    echoed_bytes: int = 0  # blast payload that came back, so crossed the tunnel twice
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """One contender: `start` brings up its two ends (none for direct UDP); the probe sends to host:port."""
+
+    name: str
+    start: Callable[[Path], list[subprocess.Popen]]
+    host: str = "127.0.0.1"
+    port: int = 3333
 
 
 def sh(*args: str) -> None:
@@ -60,8 +78,9 @@ def _echo(ns: str, bind: str) -> subprocess.Popen:
     return _in(ns, sys.executable, "-c", code)
 
 
-def _probe(host: str, port: int) -> dict:
-    out = subprocess.run(["ip", "netns", "exec", CLIENT_NS, sys.executable, "-m", "bench.u2r_probe", host, str(port)],
+def _probe(host: str, port: int, phase: str) -> dict:
+    args = [host, str(port), phase, str(PROBE_TRIPS), *([PROBE_RATES] if PROBE_RATES else [])]
+    out = subprocess.run(["ip", "netns", "exec", CLIENT_NS, sys.executable, "-m", "bench.u2r_probe", *args],
                          capture_output=True, text=True, check=True, timeout=300, env=bench_env())
     return json.loads(out.stdout)
 
@@ -74,47 +93,109 @@ def _sidecar(ns: str, tmp: Path, name: str, table: str) -> subprocess.Popen:
     return proc
 
 
-def run(tmp: Path) -> list[U2rResult]:
+def _sidecar_pair(mode: str, cipher: str, auth: str, tmp: Path) -> list[subprocess.Popen]:
+    keys = f'key = "bench"\nraw_mode = "{mode}"\ncipher_mode = "{cipher}"\nauth_mode = "{auth}"\n'
+    server = _sidecar(SERVER_NS, tmp, "server", f'[[u2r-server]]\nlisten = "{SERVER_IP}:4096"\n'
+                                                f'remote = "127.0.0.1:7000"\n{keys}')
+    client = _sidecar(CLIENT_NS, tmp, "client", f'[[u2r-client]]\nlisten = "127.0.0.1:3333"\n'
+                                                f'remote = "{SERVER_IP}:4096"\n{keys}')
+    return [server, client]
+
+
+def _udp2raw_pair(binary: str, mode: str, cipher: str, auth: str, _: Path) -> list[subprocess.Popen]:
+    """The real udp2raw, with the same options; -a: it adds its own iptables rule against the kernel's RSTs."""
+    common = ["-k", "bench", "--raw-mode", mode, "--cipher-mode", cipher, "--auth-mode", auth, "-a"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    server = _in(SERVER_NS, binary, "-s", "-l0.0.0.0:4096", "-r127.0.0.1:7000", *common, **quiet)
+    time.sleep(1.0)
+    client = _in(CLIENT_NS, binary, "-c", "-l127.0.0.1:3333", f"-r{SERVER_IP}:4096", *common, **quiet)
+    time.sleep(2.0)
+    return [server, client]
+
+
+def udp2raw_binary() -> tuple[str | None, str]:
+    """(the binary named by UDP2RAW_BIN, or None; why it is not run)."""
+    binary = os.environ.get("UDP2RAW_BIN", "")
+    if not binary:
+        return None, "not given (set UDP2RAW_BIN)"
+    if not os.access(binary, os.X_OK):
+        return None, f"not run: UDP2RAW_BIN={binary} is not an executable file"
+    return binary, ""
+
+
+def tunnels() -> list[Tunnel]:
+    found = [Tunnel("direct UDP", lambda _: [], SERVER_IP, 7000)]
+    found += [Tunnel(f"sidecar {m} {c}+{a}", partial(_sidecar_pair, m, c, a)) for m, c, a in CASES]
+    binary, _ = udp2raw_binary()
+    if binary:
+        found += [Tunnel(f"udp2raw {m} {c}+{a}", partial(_udp2raw_pair, binary, m, c, a)) for m, c, a in CASES]
+    return found
+
+
+def _cpu(procs: list[subprocess.Popen]) -> float:
+    return sum(cpu_seconds(p.pid) for p in procs)
+
+
+def _measure(tunnel: Tunnel, r: U2rResult, tmp: Path) -> None:
+    procs = tunnel.start(tmp)
+    try:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"{tunnel.name}: a process exited at start")
+        start = _cpu(procs)
+        r.rtt_us += _probe(tunnel.host, tunnel.port, "rtt")["rtt_us"]
+        blasts_start = _cpu(procs)
+        report = _probe(tunnel.host, tunnel.port, "rates")
+        end = _cpu(procs)
+        for rate, delivered in report["rates"].items():
+            r.rates.setdefault(rate, []).append(delivered)
+        r.cpu_s += end - start
+        r.blast_cpu_s += end - blasts_start
+        r.echoed_bytes += report["echoed_bytes"]
+        r.rss_kib = max(r.rss_kib, sum(rss_kib(p.pid) for p in procs))
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(15)
+
+
+def run(tmp: Path, rounds: int = 1) -> list[U2rResult]:
+    """Rounds alternate the contenders (A B C A B C ...); each is started afresh per round, alone on the link."""
     create()
     echoes = [_echo(SERVER_NS, "127.0.0.1"), _echo(SERVER_NS, SERVER_IP)]
+    contenders = tunnels()
+    results = {t.name: U2rResult(t.name) for t in contenders}
     try:
         time.sleep(0.5)
-        direct = _probe(SERVER_IP, 7000)
-        results = [U2rResult("direct UDP", direct["rtt_us"], direct["rates"])]
-        for mode, cipher, auth in CASES:
-            keys = f'key = "bench"\nraw_mode = "{mode}"\ncipher_mode = "{cipher}"\nauth_mode = "{auth}"\n'
-            server = _sidecar(SERVER_NS, tmp, "server", f'[[u2r-server]]\nlisten = "{SERVER_IP}:4096"\n'
-                                                        f'remote = "127.0.0.1:7000"\n{keys}')
-            client = _sidecar(CLIENT_NS, tmp, "client", f'[[u2r-client]]\nlisten = "127.0.0.1:3333"\n'
-                                                        f'remote = "{SERVER_IP}:4096"\n{keys}')
-            cpu = cpu_seconds(server.pid) + cpu_seconds(client.pid)
-            report = _probe("127.0.0.1", 3333)
-            result = U2rResult(f"sidecar {mode} {cipher}+{auth}", report["rtt_us"], report["rates"])
-            result.cpu_s = cpu_seconds(server.pid) + cpu_seconds(client.pid) - cpu
-            result.rss_kib = rss_kib(server.pid) + rss_kib(client.pid)
-            for proc in (client, server):
-                proc.terminate()
-                proc.wait(15)
-            results.append(result)
-        return results
+        for _ in range(rounds):
+            for tunnel in contenders:
+                _measure(tunnel, results[tunnel.name], tmp)
+        return list(results.values())
     finally:
         for proc in echoes:
             proc.kill()
         delete()
 
 
-def loss_free(rates: dict[str, float]) -> str:
-    ok = [int(r) for r, delivered in rates.items() if delivered >= 0.999]
+def loss_free(rates: dict[str, list[float]]) -> str:
+    ok = [int(r) for r, delivered in rates.items() if median(delivered) >= 0.999]
     return f"{max(ok)}" if ok else "< 10"
+
+
+def _delivered(r: U2rResult, mbit: int) -> str:
+    return f"{median(r.rates[str(mbit)]) * 100:.1f}%" if str(mbit) in r.rates else "-"
 
 
 def table(results: list[U2rResult]) -> list[str]:
     lines = ["| path | RTT p50 / p99 µs | highest loss-free rate, Mbit/s each way (1200 B datagrams) "
-             "| delivered at 100 / 200 / 300 Mbit/s | CPU s (both) | RSS MiB (both) |",
-             "|---|---|---|---|---|---|"]
+             "| delivered at 100 / 200 / 300 Mbit/s | CPU s (both) | CPU s per GB (both, blasts) "
+             "| RSS MiB (both) |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        at = " / ".join(f"{r.rates.get(str(m), 0) * 100:.1f}%" for m in (100, 200, 300))
-        extra = f"{r.cpu_s:.1f} | {r.rss_kib / 1024:.1f}" if r.rss_kib else "- | -"
+        at = " / ".join(_delivered(r, m) for m in (100, 200, 300))
+        per_gb = f"{r.blast_cpu_s / (2 * r.echoed_bytes / 1e9):.1f}" if r.echoed_bytes else "-"
+        extra = f"{r.cpu_s:.1f} | {per_gb} | {r.rss_kib / 1024:.1f}" if r.rss_kib else "- | - | -"
         lines.append(f"| {r.name} | {percentile(r.rtt_us, 50):.0f} / {percentile(r.rtt_us, 99):.0f} "
                      f"| {loss_free(r.rates)} | {at} | {extra} |")
+    binary, why = udp2raw_binary()
+    if not binary:
+        lines.append(f"| real udp2raw | {why} | - | - | - | - | - |")
     return lines

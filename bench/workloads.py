@@ -18,15 +18,15 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def open_path(socks_port: int | None, port: int) -> socket.socket:
-    """A connection to 127.0.0.1:port, through SOCKS5 on socks_port, or direct when it is None."""
+def open_path(socks_port: int | None, port: int, host: str = "127.0.0.1") -> socket.socket:
+    """A connection to host:port, through SOCKS5 on 127.0.0.1:socks_port, or direct when it is None."""
     if socks_port is None:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock = socket.create_connection((host, port), timeout=30)
     else:
         sock = socket.create_connection(("127.0.0.1", socks_port), timeout=30)
         sock.sendall(b"\x05\x01\x00")
         _recv_exact(sock, 2)
-        sock.sendall(b"\x05\x01\x00" + encode_addr("127.0.0.1", port))
+        sock.sendall(b"\x05\x01\x00" + encode_addr(host, port))
         _recv_exact(sock, 10)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
@@ -34,7 +34,7 @@ def open_path(socks_port: int | None, port: int) -> socket.socket:
 
 def bulk_download(socks_port: int | None, targets: Targets, size: int) -> float:
     """MB/s (10^6 bytes per second) of one download of `size` bytes."""
-    with open_path(socks_port, targets.source) as sock:
+    with open_path(socks_port, targets.source, targets.host) as sock:
         return timed_download(sock, size)
 
 
@@ -56,7 +56,7 @@ def request_response(socks_port: int | None, targets: Targets, count: int, size:
     """Round-trip times in microseconds of `count` request/response exchanges of `size` bytes."""
     message = b"q" * size
     times = []
-    with open_path(socks_port, targets.echo) as sock:
+    with open_path(socks_port, targets.echo, targets.host) as sock:
         for _ in range(count):
             start = time.perf_counter()
             sock.sendall(message)
