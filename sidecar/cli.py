@@ -12,7 +12,7 @@ from sidecar import __version__, cli_router, cli_udp2raw
 from sidecar.config import DEFAULT_METHOD, LOG_LEVELS, Config, default_config, load_config, parse_config
 from sidecar.errors import SidecarError
 from sidecar.proto.ss_aead import METHODS
-from sidecar.roles import build_role
+from sidecar.roles import build_role, chain
 
 EXIT_CONFIG, EXIT_RUNTIME = 2, 1
 
@@ -21,8 +21,9 @@ sidecar: one low-memory daemon for the Shadowsocks (ss-local, ss-server, ss-tunn
 kcptun (kcp-client, kcp-server) and udp2raw (u2r-client, u2r-server) roles, any number of them in one
 process, configured by one TOML file.
 
-  sidecar run                 run the built-in demo: SOCKS5 on 127.0.0.1:1080 through an
-                              in-process ss-server on 127.0.0.1:18388
+  sidecar run                 run the built-in demo: SOCKS5 on 127.0.0.1:1080 through the
+                              whole chain (ss -> kcp -> udp2raw as root) to an in-process
+                              ss-server, on loopback
   sidecar run -c FILE         run every role in FILE (see conf/ for commented examples)
   sidecar check -c FILE       validate FILE and print what would listen where
   sidecar status              print each role's counters from the running sidecar
@@ -125,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="run the roles in a config file (or the built-in demo)",
                          description="Run every role in the config. With no -c, run the built-in demo: a SOCKS5 "
-                                     "port on 127.0.0.1:1080 served through an ss-local -> ss-server pair in this "
-                                     "process (try: curl --socks5-hostname 127.0.0.1:1080 http://...). SIGTERM or "
+                                     "port on 127.0.0.1:1080 served through the whole chain (ss -> kcp -> udp2raw "
+                                     "fake TCP when root, plain UDP otherwise) to an ss-server in this process "
+                                     "(try: curl --socks5-hostname 127.0.0.1:1080 http://...). SIGTERM or "
                                      "SIGINT closes the listeners and drains connections for up to 5 s.")
     run.add_argument("-c", "--config", metavar="FILE", help="TOML config file (default: the built-in demo)")
     _log_level_option(run)
@@ -178,8 +180,10 @@ def _setup_logging(level: str) -> None:
 
 def _check(config: Config) -> int:
     print(f"config OK ({config.source}); the plan:")
-    for role_config in config.roles:
-        print(f"  {build_role(role_config).describe()}")
+    roles = [build_role(role_config) for role_config in config.roles]
+    chain.connect(roles)
+    for role in roles:
+        print(f"  {role.describe()}")
     return 0
 
 
@@ -188,8 +192,7 @@ def _run(config: Config, level: str | None, path: str | None) -> int:
 
     _setup_logging(level or config.log_level)
     if config.source.startswith("built-in"):
-        logging.getLogger("sidecar").info(
-            "no config file given: running the built-in demo. Try: curl --socks5-hostname 127.0.0.1:1080 URL")
+        logging.getLogger("sidecar").info("no config file given: running the %s", config.source)
     return serve(config, path)
 
 
@@ -210,6 +213,8 @@ def _status(args: argparse.Namespace) -> int:
     for role in answer["roles"]:
         counters = " ".join(f"{k}={v}" for k, v in role["counters"].items())
         print(f"  {role['name']} ({role['role']}): {counters}")
+        if role.get("gauges"):
+            print(f"    now: {' '.join(f'{k}={v}' for k, v in role['gauges'].items())}")
     return 0
 
 

@@ -4,19 +4,19 @@ Role tables use shadowsocks-libev's JSON key names (`server`, `server_port`, `lo
 `local_port`, `password`, `key`, `method`, `timeout`, `mode`), so a libev config reads the same.
 """
 
-import base64
 import ipaddress
-import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sidecar.config_chain import RelayConfig, link_chains, relay
 from sidecar.config_kcp import KcpClientConfig, KcpServerConfig, kcp_client, kcp_server
 from sidecar.config_reader import Section
 from sidecar.config_u2r import U2rConfig, u2r_client, u2r_server
 from sidecar.errors import ConfigError
 from sidecar.proto.acl import parse_acl
+from sidecar.proto.dgram_fec import FecParams, check_params, parse_ratio
 from sidecar.proto.ss_aead import Cipher, decode_base64_key, method_by_name
 
 MODES = ("tcp_only", "tcp_and_udp", "udp_only")
@@ -47,6 +47,11 @@ class SsCommon:
     reuse_port: bool
     max_connections: int
     acl: str | None  # a shadowsocks-libev ACL file: routes for clients, the outbound block list for servers
+    # In-process chains (sidecar.config_chain): the roles of this process TCP and UDP ride, and the
+    # datagram FEC stage between UDP and its link.
+    via: str | None = field(default=None, kw_only=True)
+    udp_via: str | None = field(default=None, kw_only=True)
+    udp_fec: FecParams | None = field(default=None, kw_only=True)
 
     @property
     def tcp(self) -> bool:
@@ -65,21 +70,21 @@ class SsCommon:
 @dataclass(frozen=True)
 class SsLocalConfig(SsCommon):
     listen: Endpoint
-    server: Endpoint
+    server: Endpoint | None  # None: TCP and UDP both ride stages of this process
     socks_users: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
 class SsTunnelConfig(SsCommon):
     listen: Endpoint
-    server: Endpoint
+    server: Endpoint | None  # None: TCP and UDP both ride stages of this process
     tunnel: Endpoint = Endpoint("127.0.0.1", 53)
 
 
 @dataclass(frozen=True)
 class SsRedirConfig(SsCommon):
     listen: Endpoint
-    server: Endpoint
+    server: Endpoint | None  # None: TCP and UDP both ride stages of this process
     lan_interface: str | None = None  # set: sidecar installs the firewall rules at start, removes them at stop
     bypass: tuple[str, ...] = ()
     bypass_private: bool = True
@@ -90,7 +95,7 @@ class SsRedirConfig(SsCommon):
 
 @dataclass(frozen=True)
 class SsServerConfig(SsCommon):
-    listen: Endpoint
+    listen: Endpoint | None  # None: clients arrive only through stages of this process
     block_private: bool = True  # refuse private, loopback and link-local destinations
     replay_capacity: int = 100_000
     replay_window_s: float = 3600.0
@@ -98,7 +103,7 @@ class SsServerConfig(SsCommon):
 
 
 RoleConfig = (SsLocalConfig | SsTunnelConfig | SsRedirConfig | SsServerConfig | U2rConfig | KcpClientConfig
-              | KcpServerConfig)
+              | KcpServerConfig | RelayConfig)
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,27 @@ def _common(section: Section, role: str, index: int) -> dict[str, Any]:
         "reuse_port": section.get("reuse_port", bool, False),
         "max_connections": section.number("max_connections", int, 1024, 1, 1_000_000),
         "acl": _acl_file(section),
+        "via": section.get("via", str, None),
+        "udp_via": section.get("udp_via", str, None),
+        "udp_fec": _udp_fec(section),
     }
+
+
+def _udp_fec(section: Section) -> FecParams | None:
+    """The datagram FEC stage (UDPspeeder-like `data:parity`, a bounded wait, adaptive parity), if asked for."""
+    knobs = ("udp_fec_wait_ms", "udp_fec_adaptive", "udp_fec_max_parity")
+    if not section.has("udp_fec"):
+        for knob in knobs:
+            if section.has(knob):
+                raise ConfigError(section.key(knob), section.get(knob, object), 'set udp_fec = "data:parity" too, '
+                                  'e.g. udp_fec = "2:2"')
+        return None
+    data, parity = parse_ratio(section.get("udp_fec", str), section.key("udp_fec"))
+    adaptive = section.get("udp_fec_adaptive", bool, False)
+    params = FecParams(data, parity, section.number("udp_fec_wait_ms", float, 10.0, 0, 1000) / 1000, adaptive,
+                       section.number("udp_fec_max_parity", int, max(parity, 2 * data), parity, 64))
+    check_params(params, section.key("udp_fec"))
+    return params
 
 
 def _acl_file(section: Section) -> str | None:
@@ -179,6 +204,17 @@ def _target(section: Section, name: str) -> Endpoint:
     return Endpoint(host, int(port))
 
 
+def _server(section: Section) -> Endpoint | None:
+    """The ss-server a client role talks to; absent only in a chain (sidecar.config_chain checks that)."""
+    if not section.has("server") and not section.has("server_port") and _rides(section):
+        return None
+    return _endpoint(section, "server", "server_port", bind=False)
+
+
+def _rides(section: Section) -> bool:
+    return section.has("via") or section.has("udp_via")
+
+
 def _ss_local(section: Section, index: int) -> SsLocalConfig:
     users = section.get("socks_users", dict, None)
     if users is not None and not all(isinstance(v, str) for v in users.values()):
@@ -186,7 +222,7 @@ def _ss_local(section: Section, index: int) -> SsLocalConfig:
     return SsLocalConfig(
         **_common(section, "ss-local", index),
         listen=_endpoint(section, "local_address", "local_port", bind=True, host_default="127.0.0.1"),
-        server=_endpoint(section, "server", "server_port", bind=False),
+        server=_server(section),
         socks_users=users,
     )
 
@@ -195,7 +231,7 @@ def _ss_tunnel(section: Section, index: int) -> SsTunnelConfig:
     return SsTunnelConfig(
         **_common(section, "ss-tunnel", index),
         listen=_endpoint(section, "local_address", "local_port", bind=True, host_default="127.0.0.1"),
-        server=_endpoint(section, "server", "server_port", bind=False),
+        server=_server(section),
         tunnel=_target(section, "tunnel_address"),
     )
 
@@ -204,7 +240,7 @@ def _ss_redir(section: Section, index: int) -> SsRedirConfig:
     return SsRedirConfig(
         **_common(section, "ss-redir", index),
         listen=_endpoint(section, "local_address", "local_port", bind=True, host_default="0.0.0.0"),
-        server=_endpoint(section, "server", "server_port", bind=False),
+        server=_server(section),
         lan_interface=section.get("lan_interface", str, None),
         bypass=_networks(section, "bypass"),
         bypass_private=section.get("bypass_private", bool, True),
@@ -227,7 +263,8 @@ def _ss_server(section: Section, index: int) -> SsServerConfig:
     high = section.number("probe_delay_max_s", float, 40.0, low, 3600)
     return SsServerConfig(
         **_common(section, "ss-server", index),
-        listen=_endpoint(section, "server", "server_port", bind=True, host_default="0.0.0.0"),
+        listen=(None if not section.has("server") and not section.has("server_port") and _rides(section)
+                else _endpoint(section, "server", "server_port", bind=True, host_default="0.0.0.0")),
         block_private=section.get("block_private", bool, True),
         replay_capacity=section.number("replay_capacity", int, 100_000, 100, 10_000_000),
         replay_window_s=section.number("replay_window_s", float, 3600.0, 1, 7 * 86400),
@@ -237,7 +274,7 @@ def _ss_server(section: Section, index: int) -> SsServerConfig:
 
 ROLE_BUILDERS = {"ss-local": _ss_local, "ss-tunnel": _ss_tunnel, "ss-redir": _ss_redir, "ss-server": _ss_server,
                  "u2r-client": u2r_client, "u2r-server": u2r_server,
-                 "kcp-client": kcp_client, "kcp-server": kcp_server}
+                 "kcp-client": kcp_client, "kcp-server": kcp_server, "relay": relay}
 
 
 def parse_config(doc: dict[str, Any], source: str) -> Config:
@@ -268,6 +305,7 @@ def parse_config(doc: dict[str, Any], source: str) -> Config:
     if not roles and manager is None:
         tables = ", ".join(f"[[{r}]]" for r in ROLE_BUILDERS)
         raise ConfigError("(roles)", None, f"configure at least one role: {tables}")
+    roles = link_chains(roles)
     check_port_clashes(roles)
     return Config(roles=roles, log_level=level, source=source, control_socket=control_socket,
                   control_enabled=control_enabled, manager=manager, stats_file=stats_file,
@@ -307,6 +345,8 @@ def _finish_top(top: Section, doc: dict[str, Any]) -> None:
 
 def listeners(role: RoleConfig) -> list[tuple[str, Endpoint]]:
     """The (protocol, endpoint) pairs a role binds."""
+    if role.listen is None:
+        return []
     return [(proto, role.listen) for proto, on in (("tcp", role.tcp), ("udp", role.udp)) if on]
 
 
@@ -341,17 +381,10 @@ def load_config(path: str | Path) -> Config:
     return parse_config(doc, str(path))
 
 
-def default_config() -> Config:
-    """The built-in demo: SOCKS5 on 127.0.0.1:1080 through an in-process ss-server on 127.0.0.1:18388.
+def default_config(raw: bool | None = None) -> Config:
+    """The built-in demo (sidecar.config_demo): the whole chain on loopback, udp2raw's raw mode when `raw`
+    (default: when running as root with a firewall tool)."""
+    from sidecar import config_demo
 
-    The password is fresh on every start: both ends live in this process, and nothing else can use it.
-    """
-    password = base64.urlsafe_b64encode(os.urandom(18)).decode()
-    doc = {
-        # block_private off: the demo's point is reaching local services (curl to a local web server).
-        "ss-server": [{"name": "demo-server", "server": "127.0.0.1", "server_port": 18388, "password": password,
-                       "mode": "tcp_and_udp", "block_private": False}],
-        "ss-local": [{"name": "demo-local", "local_address": "127.0.0.1", "local_port": 1080, "mode": "tcp_and_udp",
-                      "server": "127.0.0.1", "server_port": 18388, "password": password}],
-    }
-    return parse_config(doc, "built-in default (no -c given)")
+    use_raw = config_demo.can_use_raw() if raw is None else raw
+    return parse_config(config_demo.demo_doc(use_raw), config_demo.describe(use_raw))

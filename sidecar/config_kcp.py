@@ -5,7 +5,7 @@ A kcptun JSON config reads the same once written as TOML. Options kcptun has and
 """
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.config_reader import Section
@@ -48,18 +48,20 @@ class KcpCommon:
     role: str
     path: str
     name: str
-    listen: Address
+    listen: Address | None  # None: no socket of its own, only stages of this process (sidecar.config_chain)
     listen_key: str
     crypt: str
     key: bytes
     settings: KcpSettings
     dscp: int
     sockbuf: int
+    via: str | None = field(default=None, kw_only=True)  # the u2r role of this process its datagrams ride
+    given: frozenset[str] = field(default=frozenset(), kw_only=True)  # the keys the table set
 
 
 @dataclass(frozen=True)
 class KcpClientConfig(KcpCommon):
-    remote: Address
+    remote: Address | None  # None: the sessions ride `via`, whose server decides where they go
     conn: int = 1
     autoexpire_s: float = 0.0
     scavengettl_s: float = 600.0
@@ -160,6 +162,8 @@ def _common(section: Section, role: str, index: int, listen: Address, listen_key
         "settings": settings,
         "dscp": section.number("dscp", int, 0, 0, 63),
         "sockbuf": section.number("sockbuf", int, 4194304, 4096, 2**30),
+        "via": section.get("via", str, None),
+        "given": frozenset(section.keys()),
     }
 
 
@@ -179,8 +183,8 @@ def kcp_client(section: Section, index: int) -> KcpClientConfig:
     listen = parse_address(section, "localaddr", section.get("localaddr", str, ":12948"), bind=True)
     return KcpClientConfig(
         **_common(section, "kcp-client", index, listen, "localaddr", (128, 512)),
-        remote=parse_address(section, "remoteaddr", section.get("remoteaddr", str, example='"203.0.113.7:29900"'),
-                             bind=False),
+        remote=(parse_address(section, "remoteaddr", section.get("remoteaddr", str, example='"203.0.113.7:29900"'),
+                              bind=False) if section.has("remoteaddr") or not section.has("via") else None),
         conn=section.number("conn", int, 1, 1, 256),
         autoexpire_s=section.number("autoexpire", float, 0.0, 0, 365 * 86400),
         scavengettl_s=section.number("scavengettl", float, 600.0, 0, 365 * 86400),

@@ -27,6 +27,9 @@ class Section:
     def has(self, name: str) -> bool:
         return name in self._table
 
+    def keys(self) -> list[str]:
+        return list(self._table)
+
     def get(self, name: str, kind: type[T], default: Any = REQUIRED, example: str = "") -> T:
         self._read.add(name)
         if name not in self._table:

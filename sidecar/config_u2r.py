@@ -21,8 +21,8 @@ class U2rConfig:
     role: str
     path: str
     name: str
-    listen: "Endpoint"
-    remote: "Endpoint"
+    listen: "Endpoint | None"  # a client without one carries only stages of this process
+    remote: "Endpoint | None"  # a server without one hands its flows to stages of this process
     key: str
     raw_mode: str
     cipher_mode: str
@@ -59,12 +59,13 @@ class U2rConfig:
 
 
 def u2r_role(section: Section, index: int, role: str) -> U2rConfig:
-    from sidecar.config import Endpoint, _target  # config imports this module for its builders
+    from sidecar.config import _target  # config imports this module for its builders
 
-    listen = _target(section, "listen")
-    remote = _target(section, "remote")
+    optional = "remote" if role == "u2r-server" else "listen"  # in-process stages may take its place
+    listen = _target(section, "listen") if section.has("listen") or optional != "listen" else None
+    remote = _target(section, "remote") if section.has("remote") or optional != "remote" else None
     for key, endpoint in (("listen", listen), ("remote", remote)):
-        if not _is_ipv4(endpoint.host):
+        if endpoint is not None and not _is_ipv4(endpoint.host):
             raise ConfigError(section.key(key), str(endpoint), 'udp2raw works on IPv4 addresses: "10.0.0.1:4096"')
     key = section.get("key", str, "secret key")
     if not key.split() or key != key.strip():
@@ -73,7 +74,7 @@ def u2r_role(section: Section, index: int, role: str) -> U2rConfig:
     auto_rule = section.get("auto_rule", bool, True)
     return U2rConfig(
         role=role, path=section.path, name=section.get("name", str, f"{role}[{index}]"),
-        listen=Endpoint(listen.host, listen.port), remote=Endpoint(remote.host, remote.port), key=key,
+        listen=listen, remote=remote, key=key,
         raw_mode=section.choice("raw_mode", RAW_MODES, "faketcp"),
         cipher_mode=section.choice("cipher_mode", CIPHER_MODES, "aes128cbc"),
         auth_mode=section.choice("auth_mode", AUTH_MODES, "md5"),

@@ -12,7 +12,7 @@ import gevent
 
 from sidecar.config import Config, RoleConfig, load_config
 from sidecar.errors import SidecarError
-from sidecar.roles import Role, build_role
+from sidecar.roles import Role, build_role, chain
 
 log = logging.getLogger("sidecar")
 DRAIN_TIMEOUT_S = 5.0
@@ -31,6 +31,7 @@ def reload_roles(path: str, running: list[Role]) -> tuple[Config | None, list[Ro
         return None, running
     old = {role_key(r.config): r for r in running}
     result: list[Role] = []
+    fresh: list[Role] = []
     for role_config in config.roles:
         current = old.pop(role_key(role_config), None)
         if current is not None and current.config == role_config:
@@ -38,11 +39,15 @@ def reload_roles(path: str, running: list[Role]) -> tuple[Config | None, list[Ro
             continue
         if current is not None:
             _retire(current, "changed")
-        started = _start(role_config)
-        if started is not None:
-            result.append(started)
+        bound = _bind(role_config)
+        if bound is not None:
+            fresh.append(bound)
     for gone in old.values():
         _retire(gone, "removed")
+    result += fresh
+    chain.connect(result)  # before the new roles start: a stage may call its carrier at once
+    for role in fresh:
+        role.start()
     log.info("reloaded %s: %d role(s) running", path, len(result))
     return config, result
 
@@ -53,11 +58,10 @@ def _retire(role: Role, why: str) -> None:
     gevent.spawn(role.drain, DRAIN_TIMEOUT_S)
 
 
-def _start(config: RoleConfig) -> Role | None:
+def _bind(config: RoleConfig) -> Role | None:
     role = build_role(config)
     try:
         role.bind()
-        role.start()
     except (OSError, SidecarError) as exc:
         role.close()
         log.error("%s could not start after the reload: %s", config.name, exc)

@@ -17,7 +17,7 @@ from sidecar.errors import SidecarError
 from sidecar.manager import Manager
 from sidecar.net.sockets import describe_os_error
 from sidecar.reload import DRAIN_TIMEOUT_S, reload_roles
-from sidecar.roles import Role, build_role
+from sidecar.roles import Role, build_role, chain
 from sidecar.stats_store import StatsStore
 
 log = logging.getLogger("sidecar")
@@ -44,6 +44,7 @@ def bind_all(config: Config) -> list[Role]:
         for role in roles:
             role.close()
         raise
+    chain.connect(roles)
     return roles
 
 
@@ -140,8 +141,8 @@ def start_control(config: Config, roles: Callable[[], list[Role]],
 
     def status(_: dict[str, Any]) -> dict[str, Any]:
         return {"pid": os.getpid(), "uptime_s": round(time.time() - started, 1), "config": config.source,
-                "roles": [{"name": r.config.name, "role": r.config.role, "counters": r.counters.snapshot()}
-                          for r in roles()]}
+                "roles": [{"name": r.config.name, "role": r.config.role, "counters": r.counters.snapshot(),
+                           "gauges": r.gauges() if hasattr(r, "gauges") else {}} for r in roles()]}
 
     def act(name: str) -> control.Handler:
         def handler(_: dict[str, Any]) -> dict[str, Any]:

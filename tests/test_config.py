@@ -60,9 +60,14 @@ def test_libev_defaults_are_mirrored():
     assert str(role.listen) == "127.0.0.1:1080"
 
 
-def test_default_config_is_valid_and_local_only():
-    config = default_config()
-    assert {r.listen.host for r in config.roles} == {"127.0.0.1"}
+@pytest.mark.parametrize("raw", [True, False])
+def test_default_config_is_a_whole_chain_on_loopback_only(raw):
+    config = default_config(raw)
+    assert {r.listen.host for r in config.roles if r.listen is not None} == {"127.0.0.1"}
+    kinds = {r.role for r in config.roles}
+    assert {"ss-local", "ss-server", "kcp-client", "kcp-server"} <= kinds
+    assert ({"u2r-client", "u2r-server"} <= kinds) == raw
+    assert ("udp2raw faketcp" if raw else "plain UDP") in config.source
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -10,6 +10,12 @@ tells the peer to send more. A socket that cannot keep up therefore stops its st
 
 As in kcptun, a half-close is not propagated: EOF either way closes both the socket and the stream
 (after the data already received for the socket has been written out).
+
+A stage riding the stream (Shadowsocks over KCP) plugs in as two transforms: `outbound` on what the
+socket reads before it enters the stream, `inbound` on stream data before it is queued for the socket.
+Stream bytes are what smux accounts for, so each queued chunk remembers how many stream bytes it cost,
+and that many are reported consumed once the chunk is written. Before a socket is attached, stream
+data waits in the queue; `take_received()` hands it to a stage that must read a header first.
 """
 
 from __future__ import annotations
@@ -21,8 +27,11 @@ from typing import TYPE_CHECKING
 
 from gevent.event import Event
 
+from sidecar.errors import ProtocolError
+
 if TYPE_CHECKING:
     from sidecar.net.kcp_link import KcpLink
+    from sidecar.net.relay import Transform
 
 RECV_SIZE = 65536
 _READ, _WRITE = 1, 2
@@ -31,15 +40,19 @@ _READ, _WRITE = 1, 2
 class StreamBridge:
     """Stream `sid` of `link` <-> a plain non-blocking TCP socket (attached now or after a dial)."""
 
-    __slots__ = ("link", "sid", "sock", "done", "_reader", "_writer", "_out", "_unsent", "_paused",
-                 "_finishing", "_closed", "_up", "_down")
+    __slots__ = ("link", "sid", "sock", "done", "arrived", "outbound", "inbound", "_reader", "_writer", "_out",
+                 "_costs", "_unsent", "_paused", "_finishing", "_closed", "_up", "_down")
 
     def __init__(self, link: KcpLink, sid: int, *, upstream: bool) -> None:
         self.link, self.sid = link, sid
         self.sock: socket.socket | None = None
         self.done = Event()
+        self.arrived = Event()  # stream data (or the end) came while no socket is attached
+        self.outbound: Transform | None = None
+        self.inbound: Transform | None = None
         self._reader = self._writer = None
         self._out: deque[memoryview] = deque()  # stream data not yet written to the socket
+        self._costs: deque[int] = deque()  # the stream bytes each chunk of _out stands for
         self._unsent: memoryview | None = None  # socket data the stream's v2 window did not take
         self._paused = False  # the link's KCP send window is full
         self._finishing = False  # the peer sent FIN: close once _out is written
@@ -70,6 +83,12 @@ class StreamBridge:
             self.close("socket EOF")
             return
         self.link.counters[self._up] += len(data)
+        if self.outbound is not None:
+            data = self.outbound(data)
+        self._send(memoryview(data))
+
+    def write(self, data: bytes) -> None:
+        """Bytes of a stage riding the stream (a Shadowsocks header), sent ahead of the socket's."""
         self._send(memoryview(data))
 
     def _send(self, data: memoryview) -> None:
@@ -108,19 +127,51 @@ class StreamBridge:
         """Stream data from the peer, to be written to the socket."""
         if self._closed:
             return
+        cost = len(data)
+        if self.inbound is not None:
+            try:
+                data = self.inbound(data)
+            except ProtocolError as exc:
+                self.link.counters["protocol_errors"] += 1
+                self.close(f"bad data from the riding stage's peer: {exc}")
+                return
+            if not data:  # a partial chunk: nothing to write, nothing to hold the window for
+                self.link.consumed(self.sid, cost)
+                return
         self._out.append(memoryview(data))
-        if self._writer is not None and not self._writer.active:
+        self._costs.append(cost)
+        if self.sock is None:
+            self.arrived.set()
+        elif not self._writer.active:
             self._write_out()
+
+    @property
+    def finishing(self) -> bool:
+        """The peer sent FIN."""
+        return self._finishing
+
+    def take_received(self) -> bytes:
+        """Everything received and not yet written (before a socket is attached), now consumed."""
+        data = b"".join(self._out)
+        self._out.clear()
+        cost = sum(self._costs)
+        self._costs.clear()
+        self.arrived.clear()
+        if cost:
+            self.link.consumed(self.sid, cost)
+        return data
 
     def peer_finished(self) -> None:
         """FIN from the peer: write what is queued, then close."""
         self._finishing = True
         self._update_reader()
-        if self.sock is not None and not self._out:
+        if self.sock is None:
+            self.arrived.set()
+        elif not self._out:
             self.close("FIN from the peer")
 
     def _write_out(self) -> None:
-        out, sent_total = self._out, 0
+        out, costs, sent_total, consumed = self._out, self._costs, 0, 0
         try:
             while out:
                 chunk = out[0]
@@ -134,13 +185,15 @@ class StreamBridge:
                     self._writer.start(self._on_writable)
                     break
                 out.popleft()
+                consumed += costs.popleft()
         except OSError as exc:
             self.close(f"socket write failed: {exc}")
             return
         finally:
             if sent_total:
                 self.link.counters[self._down] += sent_total
-                self.link.consumed(self.sid, sent_total)
+            if consumed:
+                self.link.consumed(self.sid, consumed)
         if not out and self._finishing:
             self.close("FIN from the peer")
 
@@ -164,6 +217,8 @@ class StreamBridge:
             with contextlib.suppress(OSError):
                 self.sock.close()
         self._out.clear()
+        self._costs.clear()
         self.link.stream_closed(self)
+        self.arrived.set()
         self.done.set()
 

@@ -32,7 +32,8 @@ FEC_TOTALS = {"recovered": "fec_recovered", "parity": "fec_parity", "lost": "fec
 PIPELINE_TOTALS = ("crypt_errors", "kcp_errors", "fec_bad")
 _FOLDED = (*KCP_TOTALS, *PIPELINE_TOTALS, *FEC_TOTALS.values())
 LINK_COUNTERS = (
-    "sessions", "streams", "bytes_up", "bytes_down", "udp_in", "udp_out", "udp_dropped", "smux_errors", *_FOLDED)
+    "sessions", "streams", "bytes_up", "bytes_down", "udp_in", "udp_out", "udp_dropped", "smux_errors",
+    "protocol_errors", *_FOLDED)
 # Only running totals: levels (open sessions, open streams) are not counters, which are also restored
 # from a stats file after a restart. A role's `active` counts its open TCP connections.
 
@@ -63,6 +64,7 @@ class KcpLink:
         self._timer = None
         self._timer_at = math.inf
         self._folded = [0] * len(_FOLDED)
+        self.loss = 0.0  # moving share of segments sent that were resent (a loss estimate for `status`)
         counters["sessions"] += 1
 
     @property
@@ -246,4 +248,8 @@ class KcpLink:
         counters = self.counters
         for name, value, old in zip(_FOLDED, now, self._folded, strict=True):
             counters[name] += value - old
+        sent, resent = now[1] - self._folded[1], now[2] - self._folded[2]  # out_segs, retrans_segs
+        if sent > 0:
+            weight = min(1.0, sent / 256)
+            self.loss += weight * (min(1.0, resent / sent) - self.loss)
         self._folded = now

@@ -7,6 +7,10 @@ kept armed at the machine's next deadline. After every input the outputs are flu
 
 Roles wrap these: they build the codec/keys/options from the config, resolve addresses, decide on the
 firewall (see firewall.py) and call start()/stop().
+
+Stages of the same process ride an endpoint by function call (sidecar.net.flows): a client's
+`open_flow` is a conv of its own, with no local UDP socket; a server offers each new flow to its
+acceptors before (instead of) opening a UDP socket to its target.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from gevent.hub import get_hub
 from sidecar.errors import ProtocolError
 from sidecar.metrics import Counters
 from sidecar.net.firewall import KEEP_RULE_INTERVAL_S, Firewall, FirewallError
+from sidecar.net.flows import FlowAcceptor, FlowHandler, Receiver
 from sidecar.net.raw_filter import program
 from sidecar.net.raw_socket import attach_filter, open_receiver, open_sender, reserve_port, route_source, size_buffers
 from sidecar.net.udp_service import bind_datagram_socket
@@ -34,7 +39,7 @@ from sidecar.proto.u2r_session import Deliver, Disconnected, Event, FlowClosed, 
 BATCH = 64
 RECV_SIZE = 65536
 _READ = 1
-DRIVER_COUNTERS = ("raw_invalid", "raw_send_failed", "udp_send_failed", "port_busy", "errors")
+DRIVER_COUNTERS = ("raw_invalid", "raw_send_failed", "udp_send_failed", "port_busy", "errors", "flows_unclaimed")
 
 Machine = U2rClient | U2rServer
 
@@ -51,6 +56,7 @@ class _Pump:
         self.timer = None
         self.armed_at = float("inf")
         self._buf = bytearray(RECV_SIZE)
+        self._kicked = False
 
     def start(self) -> None:
         self.reader.start(self._on_raw)
@@ -79,7 +85,14 @@ class _Pump:
                 self.log.warning("raw packet dropped by an internal error: %r", exc)
         self.flush()
 
+    def kick(self) -> None:
+        """Flush at the end of this loop iteration: in-process stages send many datagrams per pass."""
+        if not self._kicked:
+            self._kicked = True
+            self.loop.run_callback(self.flush)
+
     def flush(self) -> None:
+        self._kicked = False
         machine = self.machine
         while events := machine.take_events():  # handling one may make more (a readdressed client's restart)
             for event in events:
@@ -155,7 +168,7 @@ class U2rClientEndpoint:
     new address, and the server moves the conn there with its flows.
     """
 
-    def __init__(self, client: U2rClient, listen: tuple[str, int], log: logging.Logger, *,
+    def __init__(self, client: U2rClient, listen: tuple[str, int] | None, log: logging.Logger, *,
                  firewall: Firewall | None = None, keep_rule: bool = False, dev: str | None = None,
                  sock_buf: int = 1024 * 1024, force_buf: bool = False, follow_route: bool = False) -> None:
         self.client, self.log, self.rules = client, log, _Rules(firewall, keep_rule)
@@ -164,12 +177,18 @@ class U2rClientEndpoint:
         self.mode = client.options.raw_mode
         self.server_ip = socket.inet_ntoa(client.server_ip)
         self.local_ip = socket.inet_ntoa(client.local_ip)
-        self.local = bind_datagram_socket(socket.AF_INET, listen, False)
-        size_buffers(self.local, sock_buf, force_buf)
+        self.local: socket.socket | None = None
+        self.reader = None
+        if listen is not None:
+            self.local = bind_datagram_socket(socket.AF_INET, listen, False)
+            size_buffers(self.local, sock_buf, force_buf)
+            self.reader = get_hub().loop.io(self.local.fileno(), _READ)
         receiver = open_receiver(self._program(0), dev, sock_buf, force_buf)
         self.pump = _Pump(client, receiver, self._on_event, self.counters, log, sock_buf, force_buf)
-        self.reader = get_hub().loop.io(self.local.fileno(), _READ)
         self.reserved: socket.socket | None = None
+        self.flows: dict[tuple, Receiver] = {}  # in-process flows: their conv key -> the stage above
+        self.on_new_server: list[Callable[[], None]] = []  # stages whose peer state died with the server
+        self._flow_ids = 0
 
     def _program(self, port: int) -> bytes:
         if self.mode == "icmp":
@@ -179,8 +198,16 @@ class U2rClientEndpoint:
     def start(self) -> None:
         self.rules.start()
         self.client.start(self.pump.now())
-        self.reader.start(self._on_local)
+        if self.reader is not None:
+            self.reader.start(self._on_local)
         self.pump.start()
+
+    def open_flow(self, receive: Receiver) -> _ClientFlow:
+        """A conv of its own for an in-process stage (as a local UDP source port would be)."""
+        self._flow_ids += 1
+        key = ("in-process", self._flow_ids)
+        self.flows[key] = receive
+        return _ClientFlow(self, key)
 
     def _on_local(self) -> None:
         client, now = self.client, self.pump.now()
@@ -197,16 +224,23 @@ class U2rClientEndpoint:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, Deliver):
+            receive = self.flows.get(event.addr)
+            if receive is not None:
+                receive(event.payload)
+                return
             try:
-                self.local.sendto(event.payload, event.addr)
+                self.local.sendto(event.payload, event.addr)  # type: ignore[union-attr]
             except OSError:
                 self.counters["udp_send_failed"] += 1
         elif isinstance(event, Handshaking):
             if not self._readdressed():
                 self._take_port(event.port)
         elif isinstance(event, Ready):
-            self.log.info("u2r-client: connected to %s:%d from port %d", self.server_ip, self.client.server_port,
-                          self.client.local_port)
+            self.log.info("u2r-client: connected to %s:%d from port %d%s", self.server_ip, self.client.server_port,
+                          self.client.local_port, " (a restarted server)" if event.new_server else "")
+            if event.new_server:
+                for hook in self.on_new_server:
+                    hook()
         elif isinstance(event, Disconnected):
             self.log.warning("u2r-client: reconnecting: %s", event.reason)
 
@@ -249,19 +283,40 @@ class U2rClientEndpoint:
         self.pump.flush()
 
     def stop(self) -> None:
-        self.reader.stop()
-        self.reader.close()
+        if self.reader is not None:
+            self.reader.stop()
+            self.reader.close()
+            self.local.close()  # type: ignore[union-attr]
+        self.flows.clear()
         self.pump.stop()
-        self.local.close()
         if self.reserved is not None:
             self.reserved.close()
         self.rules.stop()
 
 
-class U2rServerEndpoint:
-    """`-s`: raw transport on `listen` <-> one UDP socket per flow, connected to `target` (an IP, port)."""
+class _ClientFlow:
+    """An in-process stage's conv on a udp2raw client (sidecar.net.flows.Flow)."""
 
-    def __init__(self, server: U2rServer, listen: tuple[str, int], target: tuple[str, int], log: logging.Logger, *,
+    __slots__ = ("endpoint", "key")
+
+    def __init__(self, endpoint: U2rClientEndpoint, key: tuple) -> None:
+        self.endpoint, self.key = endpoint, key
+
+    def send(self, data: bytes | memoryview) -> None:
+        endpoint = self.endpoint
+        endpoint.client.send(self.key, bytes(data), endpoint.pump.now())
+        endpoint.pump.kick()
+
+    def close(self) -> None:
+        self.endpoint.flows.pop(self.key, None)
+
+
+class U2rServerEndpoint:
+    """`-s`: raw transport on `listen` <-> one UDP socket per flow, connected to `target` (an IP, port), or
+    the in-process stages in `acceptors` (then `target` is None)."""
+
+    def __init__(self, server: U2rServer, listen: tuple[str, int], target: tuple[str, int] | None,
+                 log: logging.Logger, *,
                  firewall: Firewall | None = None, keep_rule: bool = False, dev: str | None = None,
                  sock_buf: int = 1024 * 1024, force_buf: bool = False) -> None:
         self.server, self.target, self.log, self.rules = server, target, log, _Rules(firewall, keep_rule)
@@ -277,6 +332,8 @@ class U2rServerEndpoint:
         self.pump = _Pump(server, open_receiver(prog, dev, sock_buf, force_buf), self._on_event, self.counters, log,
                           sock_buf, force_buf)
         self.flows: dict[int, tuple[socket.socket, Any]] = {}  # flow -> (socket, its libev watcher)
+        self.acceptors: list[FlowAcceptor] = []
+        self.handlers: dict[int, FlowHandler] = {}  # flows in-process stages took
         self.kernel_conns: list[socket.socket] = []
         self.acceptor = get_hub().loop.io(self.reserved.fileno(), _READ) if mode == "easy-faketcp" else None
 
@@ -302,13 +359,38 @@ class U2rServerEndpoint:
                     entry[0].send(event.payload)
                 except OSError:
                     self.counters["udp_send_failed"] += 1
+            else:
+                self._to_stage(event.flow, event.payload)
         elif isinstance(event, FlowOpened):
-            self._open_flow(event.flow)
+            if self.target is not None:
+                self._open_flow(event.flow)
         elif isinstance(event, FlowClosed):
             self._close_flow(event.flow)
         elif isinstance(event, Ready):
             self.log.info("u2r-server: client %s:%d %s", socket.inet_ntoa(event.key[0]), event.key[1],
                           "moved here with its flows" if event.moved else "connected")
+
+    def _to_stage(self, flow: int, payload: bytes) -> None:
+        """A datagram for an in-process stage; a flow's first one decides which stage takes it."""
+        handler = self.handlers.get(flow)
+        if handler is None:
+            handler = self._claim(flow, payload)
+            if handler is None:
+                self.counters["flows_unclaimed"] += 1
+                return
+        handler.receive(payload)
+
+    def _claim(self, flow: int, first: bytes) -> FlowHandler | None:
+        def reply(data: bytes) -> None:
+            self.server.send(flow, bytes(data), self.pump.now())
+            self.pump.kick()
+
+        for acceptor in self.acceptors:
+            handler = acceptor.claim(first, reply)
+            if handler is not None:
+                self.handlers[flow] = handler
+                return handler
+        return None
 
     def _open_flow(self, flow: int) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -337,6 +419,9 @@ class U2rServerEndpoint:
         self.pump.flush()
 
     def _close_flow(self, flow: int) -> None:
+        handler = self.handlers.pop(flow, None)
+        if handler is not None:
+            handler.close()
         entry = self.flows.pop(flow, None)
         if entry is not None:
             sock, watcher = entry
@@ -345,7 +430,7 @@ class U2rServerEndpoint:
             sock.close()
 
     def stop(self) -> None:
-        for flow in list(self.flows):
+        for flow in [*self.flows, *self.handlers]:
             self._close_flow(flow)
         if self.acceptor is not None:
             self.acceptor.stop()

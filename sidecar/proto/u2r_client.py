@@ -69,6 +69,8 @@ class U2rClient(Outputs):
         self.state = ClientState.IDLE
         self.local_port = 0
         self.my_id = self.peer_id = self.start_seq = 0
+        self.server_const_id = 0  # the server's, from its last handshake reply (0: none yet)
+        self.new_server = False
         self.path: FakeTcp | UdpPath | IcmpPath | None = None
         self.session: Session | None = None
         self.state_since = self.last_send = self._tick_at = 0.0
@@ -227,6 +229,8 @@ class U2rClient(Outputs):
         else:
             path.on_authentic(l4, len(payload))
         self.peer_id = bare.id1
+        self.new_server = self.server_const_id not in (0, bare.id3)
+        self.server_const_id = bare.id3
         self._enter(ClientState.HANDSHAKE2, now)
 
     # --- ready -------------------------------------------------------------------------------------
@@ -258,7 +262,7 @@ class U2rClient(Outputs):
     def _become_ready(self, now: float) -> None:
         self.state, self.state_since = ClientState.READY, now
         self.counters["ready"] += 1
-        self._events.append(Ready(self.server_key))
+        self._events.append(Ready(self.server_key, new_server=self.new_server))
         self._send_heartbeat(now)
 
     def _deliver(self, safer: Safer, now: float) -> None:

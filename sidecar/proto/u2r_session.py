@@ -75,10 +75,13 @@ class Handshaking(NamedTuple):
 
 
 class Ready(NamedTuple):
-    """A conn finished its handshake. Server: `moved` when it took over a reconnecting client's conn."""
+    """A conn finished its handshake. Server: `moved` when it took over a reconnecting client's conn.
+    Client: `new_server` when the server's const_id differs from the last conn's (it restarted, and
+    whatever it held for our flows is gone)."""
 
     key: tuple
     moved: bool = False
+    new_server: bool = False
 
 
 class Disconnected(NamedTuple):

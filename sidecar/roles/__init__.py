@@ -3,12 +3,14 @@
 from typing import TYPE_CHECKING
 
 from sidecar.config import RoleConfig, SsLocalConfig, SsRedirConfig, SsServerConfig, SsTunnelConfig
+from sidecar.config_chain import RelayConfig
 from sidecar.config_kcp import KcpClientConfig, KcpServerConfig
 from sidecar.config_u2r import U2rConfig
 from sidecar.roles.base import Role
 from sidecar.roles.kcp_base import KcpRole
 from sidecar.roles.kcp_client import KcpClient
 from sidecar.roles.kcp_server import KcpServer
+from sidecar.roles.relay import Relay
 from sidecar.roles.ss_local import SsLocal
 from sidecar.roles.ss_redir import SsRedir
 from sidecar.roles.ss_server import SsServer
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
     from sidecar.roles.u2r import U2rRole
 
 
-def build_role(config: RoleConfig) -> "Role | KcpRole | U2rRole":
+def build_role(config: RoleConfig) -> "Role | KcpRole | U2rRole | Relay":
     if isinstance(config, SsLocalConfig):
         return SsLocal(config)
     if isinstance(config, SsTunnelConfig):
@@ -31,6 +33,8 @@ def build_role(config: RoleConfig) -> "Role | KcpRole | U2rRole":
         return KcpClient(config)
     if isinstance(config, KcpServerConfig):
         return KcpServer(config)
+    if isinstance(config, RelayConfig):
+        return Relay(config)
     if isinstance(config, U2rConfig):
         from sidecar.roles.u2r import U2rRole  # raw sockets and udp2raw crypto: loaded only when configured
 

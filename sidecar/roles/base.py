@@ -9,10 +9,11 @@ from gevent import socket as gsocket
 from sidecar.config import RoleConfig
 from sidecar.errors import ProtocolError
 from sidecar.metrics import Counters
+from sidecar.net.fec_flow import FEC_COUNTERS, FecFlow
 from sidecar.net.relay import IdleTimeout, Transform, relay
 from sidecar.net.sockets import bind_tcp, describe_os_error, family_of
 from sidecar.net.tcp_service import TcpService
-from sidecar.net.udp_nat import UdpNat
+from sidecar.net.udp_nat import FlowMaker, UdpNat
 from sidecar.net.udp_service import UdpService, bind_datagram_socket, recvfrom
 from sidecar.proto.acl import Acl, parse_acl
 
@@ -33,11 +34,20 @@ class Role:
 
     def __init__(self, config: RoleConfig) -> None:
         self.config = config
-        self.counters = Counters(COUNTERS)
+        self.counters = Counters(COUNTERS + (FEC_COUNTERS if config.udp_fec is not None else ()))
         self.log = logging.getLogger(f"sidecar.{config.name}")
         self._tcp: TcpService | None = None
         self._udp: UdpService | None = None
         self._nat: UdpNat | None = None
+        self.fec_flows: set[FecFlow] = set()  # open flows of the datagram FEC stage (udp_fec)
+
+    def gauges(self) -> dict[str, float]:
+        """Levels for `sidecar status`: the FEC stage's measured loss (before recovery) and parity."""
+        flows = list(self.fec_flows)
+        if not flows:
+            return {}
+        return {"fec_flows": len(flows), "fec_loss_pct": round(100 * sum(f.loss for f in flows) / len(flows), 2),
+                "fec_parity_now": max(f.parity_now for f in flows)}
 
     def describe(self) -> str:
         """One line for `sidecar check` and the start-up log."""
@@ -56,6 +66,10 @@ class Role:
     def outbound_udp_socket(self, key: tuple) -> socket.socket:
         """A plain non-blocking UDP socket for one NAT entry (it must not block: it runs in the hub)."""
         raise NotImplementedError
+
+    def nat_flows(self) -> FlowMaker | None:
+        """Hook: how NAT entries open in-process flows instead of sockets (a client riding `udp_via`)."""
+        return None
 
     def bind_udp_listener(self) -> socket.socket:
         cfg = self.config
@@ -81,15 +95,17 @@ class Role:
     def bind(self) -> None:
         """Take the role's ports; raises OSError (the caller names the role and the port)."""
         cfg = self.config
-        if cfg.tcp:
+        listen = cfg.listen is not None  # None: every client arrives through stages of this process
+        if cfg.tcp and listen:
             listener = bind_tcp(cfg.listen, cfg.reuse_port)
             self._tcp = TcpService(listener, self.handle_tcp, cfg.max_connections, self.counters, self.log,
                                    cfg.no_delay)
         if cfg.udp:
-            self._udp = UdpService(self.bind_udp_listener(), self.handle_datagram, self.counters, self.log,
-                                   self.receive_datagram)
+            if listen:
+                self._udp = UdpService(self.bind_udp_listener(), self.handle_datagram, self.counters, self.log,
+                                       self.receive_datagram)
             self._nat = UdpNat(self.outbound_udp_socket, self.handle_reply, cfg.timeout_s, cfg.max_connections,
-                               self.counters, self.log)
+                               self.counters, self.log, self.nat_flows())
 
     def start(self) -> None:
         for service in (self._tcp, self._udp):

@@ -55,6 +55,15 @@ class KcpRole:
     def link_closed(self, link: KcpLink) -> None:
         """Hook: release what the role keeps for `link` (its socket, its table entry)."""
 
+    def gauges(self) -> dict[str, float]:
+        """Levels for `sidecar status`: open sessions, mean smoothed RTT, resent share of recent segments."""
+        live = [link for link in self.links if not link.closed]
+        if not live:
+            return {"sessions_open": 0}
+        return {"sessions_open": len(live),
+                "rtt_ms": round(sum(link.pipeline.kcp.srtt for link in live) / len(live), 1),
+                "loss_pct": round(100 * sum(link.loss for link in live) / len(live), 2)}
+
     def close_links(self) -> None:
         for link in list(self.links):
             link.close("shutting down")

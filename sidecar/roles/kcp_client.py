@@ -6,6 +6,9 @@ import socket
 from gevent import socket as gsocket
 
 from sidecar.config_kcp import KcpClientConfig
+from sidecar.errors import ProtocolError
+from sidecar.net.flows import Flow, FlowOpener
+from sidecar.net.kcp_bridge import StreamBridge
 from sidecar.net.kcp_link import KcpLink
 from sidecar.net.kcp_sockets import dial_udp, resolve_udp, take_socket
 from sidecar.net.sockets import bind_tcp, describe_os_error
@@ -22,6 +25,9 @@ class KcpClient(KcpRole):
     Sessions are dialled lazily (the first datagram leaves with the first connection) and re-dialled
     when closed. With `autoexpire`, a session older than that is replaced at its next turn; the old
     one keeps its streams and closes with the last of them, or `scavengettl` seconds later.
+
+    In a chain, a stage above opens streams with `open_stream()` (no TCP socket in between), and with
+    `via` each session's datagrams ride a flow of the u2r-client below instead of a UDP socket.
     """
 
     config: KcpClientConfig
@@ -32,29 +38,39 @@ class KcpClient(KcpRole):
         self._slots: list[KcpLink | None] = [None] * config.conn
         self._turn = 0
         self._sockets: dict[KcpLink, tuple[socket.socket, object]] = {}
+        self._flows: dict[KcpLink, Flow] = {}
         self._scavengers: dict[KcpLink, object] = {}
+        self.lower: FlowOpener | None = None  # the u2r-client this one rides (`via`)
 
     def describe(self) -> str:
         cfg = self.config
-        return (f"{cfg.name}: kcptun client on tcp {cfg.listen} -> kcp {cfg.remote} x{cfg.conn} "
-                f"({self.options()})")
+        front = f"tcp {cfg.listen}" if cfg.listen is not None else "in-process streams"
+        to = f"kcp over {cfg.via}" if cfg.via else f"kcp {cfg.remote}"
+        return f"{cfg.name}: kcptun client on {front} -> {to} x{cfg.conn} ({self.options()})"
 
     def bind(self) -> None:
-        listener = bind_tcp(self.config.listen)
-        self._tcp = TcpService(listener, self.handle_tcp, MAX_CONNECTIONS, self.counters, self.log)
+        if self.config.listen is not None:
+            listener = bind_tcp(self.config.listen)
+            self._tcp = TcpService(listener, self.handle_tcp, MAX_CONNECTIONS, self.counters, self.log)
 
     def start(self) -> None:
-        assert self._tcp is not None
-        self._tcp.start()
+        if self._tcp is not None:
+            self._tcp.start()
         super().start()
 
-    def handle_tcp(self, conn: gsocket.socket, peer: tuple) -> None:
+    def open_stream(self) -> StreamBridge | None:
+        """A new stream on the next session, for a stage of this process; None if no session can open."""
         link = self._session()
         if link is None:
-            return
+            return None
         try:
-            bridge = link.open_stream(upstream=True)
+            return link.open_stream(upstream=True)
         except BrokenPipeError:
+            return None
+
+    def handle_tcp(self, conn: gsocket.socket, peer: tuple) -> None:
+        bridge = self.open_stream()
+        if bridge is None:
             return
         try:
             bridge.attach(take_socket(conn))
@@ -67,7 +83,9 @@ class KcpClient(KcpRole):
         index = self._turn % len(self._slots)
         self._turn += 1
         link = self._current(index)
-        if link is None:
+        if link is None and self.lower is not None:
+            link = self._slots[index] = self._dial_flow(int.from_bytes(os.urandom(4), "little"))
+        elif link is None:
             address = self._resolve()  # may switch greenlets: another connection may fill the slot
             link = self._current(index)
             if link is None and address is not None:
@@ -96,18 +114,45 @@ class KcpClient(KcpRole):
 
     def _dial(self, family: int, address: tuple) -> KcpLink | None:
         cfg = self.config
+        conv = int.from_bytes(os.urandom(4), "little")
         try:
             sock = dial_udp(family, address, cfg.sockbuf, cfg.dscp)
         except OSError as exc:
             self.counters["connect_failures"] += 1
             self.log.warning("cannot open a session to %s: %s", cfg.remote, describe_os_error(exc))
             return None
-        link = self.new_link(int.from_bytes(os.urandom(4), "little"), sock.send, client=True)
+        link = self.new_link(conv, sock.send, client=True)
         watcher = link.loop.io(sock.fileno(), _READ)
         watcher.start(self._on_readable, link, sock)
         self._sockets[link] = (sock, watcher)
         self.log.debug("session %08x to %s opened", link.conv, cfg.remote)
         return link
+
+    def _dial_flow(self, conv: int) -> KcpLink:
+        """A session whose datagrams ride a flow of the u2r-client below (one udp2raw conv)."""
+        box: list[KcpLink] = []
+        flow = self.lower.open_flow(lambda packet: self._flow_in(box[0], packet))  # type: ignore[union-attr]
+        link = self.new_link(conv, flow.send, client=True)
+        box.append(link)
+        self._flows[link] = flow
+        self.log.debug("session %08x over %s opened", conv, self.config.via)
+        return link
+
+    def server_restarted(self) -> None:
+        """The u2r-client below reconnected to a new server process: our sessions there are gone.
+
+        Closing them now (their streams end) lets new connections open fresh sessions at once, where
+        waiting for smux's keepalive timeout would take 30 s.
+        """
+        for link in list(self._flows):
+            link.close("the server behind the udp2raw link restarted")
+
+    def _flow_in(self, link: KcpLink, packet: bytes) -> None:
+        self.counters["udp_in"] += 1
+        try:
+            link.packet_in(packet)
+        except ProtocolError:
+            self.counters["udp_dropped"] += 1
 
     def _on_readable(self, link: KcpLink, sock: socket.socket) -> None:
         if not drain(sock, lambda data, _source: link.packet_in(data), self.counters, self.log):
@@ -123,10 +168,14 @@ class KcpClient(KcpRole):
         self._scavengers[link] = timer
 
     def link_closed(self, link: KcpLink) -> None:
-        sock, watcher = self._sockets.pop(link)
-        watcher.stop()
-        watcher.close()
-        sock.close()
+        flow = self._flows.pop(link, None)
+        if flow is not None:
+            flow.close()
+        else:
+            sock, watcher = self._sockets.pop(link)
+            watcher.stop()
+            watcher.close()
+            sock.close()
         timer = self._scavengers.pop(link, None)
         if timer is not None:
             timer.stop()

@@ -1,13 +1,16 @@
 """kcp-server: one UDP listener for every KCP session, each stream dialled to the target (kcptun server)."""
 
 import contextlib
+from collections.abc import Callable
+from typing import Protocol
 
 from gevent.pool import Group
 
 from sidecar.config_kcp import Address, KcpServerConfig
 from sidecar.errors import ProtocolError
+from sidecar.net.flows import Receiver
 from sidecar.net.kcp_bridge import StreamBridge
-from sidecar.net.kcp_link import KcpLink
+from sidecar.net.kcp_link import KcpLink, Sender
 from sidecar.net.kcp_sockets import bind_udp, dial_target
 from sidecar.net.sockets import describe_os_error
 from sidecar.net.udp_service import UdpService
@@ -15,10 +18,21 @@ from sidecar.proto.kcp_pipeline import route
 from sidecar.roles.kcp_base import KcpRole
 
 
+class StreamAcceptor(Protocol):
+    """A stage of this process that takes the server's streams instead of its TCP target (an ss-server)."""
+
+    def serve_stream(self, bridge: StreamBridge) -> None:
+        """Serve one stream until it ends (runs in its own greenlet)."""
+        ...
+
+
 class KcpServer(KcpRole):
     """Sessions are keyed by the client's address (spec §3): any data datagram from a new address
     opens one; from a known address, a PUSH of sn 0 with another conv replaces it (a client that
     reconnected from the same port), any other conv is dropped. Parity alone opens nothing.
+
+    In a chain, flows of the u2r-server below are sessions too (`claim`, keyed by the flow), and a
+    stage above (`upper`) takes each stream instead of a TCP dial to `target`.
     """
 
     config: KcpServerConfig
@@ -26,7 +40,9 @@ class KcpServer(KcpRole):
     def __init__(self, config: KcpServerConfig) -> None:
         super().__init__(config)
         self._udp: UdpService | None = None
-        self._sessions: dict[tuple, KcpLink] = {}  # client address -> its session
+        self._sessions: dict[tuple, KcpLink] = {}  # client address (or flow key) -> its session
+        self.upper: StreamAcceptor | None = None
+        self._flow_keys = 0
         self._sources: dict[KcpLink, tuple] = {}
         self._group = Group()
         self._accepting = True
@@ -34,19 +50,34 @@ class KcpServer(KcpRole):
 
     def describe(self) -> str:
         cfg = self.config
-        return f"{cfg.name}: kcptun server on udp {cfg.listen} -> {_target_text(cfg.target)} ({self.options()})"
+        front = " and ".join(([f"udp {cfg.listen}"] if cfg.listen is not None else [])
+                             + ([f"flows of {cfg.via}"] if cfg.via else []))
+        to = "in-process streams" if self.upper is not None else _target_text(cfg.target)
+        return f"{cfg.name}: kcptun server on {front} -> {to} ({self.options()})"
 
     def bind(self) -> None:
         cfg = self.config
-        listener = bind_udp(cfg.listen.host, cfg.listen.port, cfg.sockbuf, cfg.dscp)
-        self._udp = UdpService(listener, self.handle_datagram, self.counters, self.log)
+        if cfg.listen is not None:
+            listener = bind_udp(cfg.listen.host, cfg.listen.port, cfg.sockbuf, cfg.dscp)
+            self._udp = UdpService(listener, self.handle_datagram, self.counters, self.log)
 
     def start(self) -> None:
-        assert self._udp is not None
-        self._udp.start()
+        if self._udp is not None:
+            self._udp.start()
         super().start()
 
-    def handle_datagram(self, data: bytes, source: tuple) -> None:
+    def claim(self, first: bytes, reply: Receiver) -> "_FlowSession | None":
+        """A flow of the u2r-server below is ours when its first datagram decrypts with our key."""
+        if not self._accepting:
+            return None
+        try:
+            self.crypt.decrypt(first)
+        except ProtocolError:
+            return None
+        self._flow_keys += 1
+        return _FlowSession(self, ("flow", self._flow_keys), reply)
+
+    def handle_datagram(self, data: bytes, source: tuple, reply: Sender | None = None) -> None:
         try:
             body = self.crypt.decrypt(data)
         except ProtocolError:
@@ -63,13 +94,20 @@ class KcpServer(KcpRole):
         if link is None:
             if routed is None or not self._accepting:
                 raise ProtocolError(f"no session for a datagram from {source}")
-            link = self._open(source, routed[0])
+            link = self._open(source, routed[0], reply or self._sender(source))
         link.body_in(body)
 
-    def _open(self, source: tuple, conv: int) -> KcpLink:
+    def _sender(self, source: tuple) -> Sender:
         listener = self._udp.listener  # type: ignore[union-attr]
-        link = self.new_link(conv, lambda packet: listener.sendto(packet, source), client=False,
-                             on_stream=self._on_stream)
+        return lambda packet: listener.sendto(packet, source)
+
+    def drop_source(self, source: tuple) -> None:
+        link = self._sessions.get(source)
+        if link is not None:
+            link.close("its flow ended")
+
+    def _open(self, source: tuple, conv: int, send: Sender) -> KcpLink:
+        link = self.new_link(conv, send, client=False, on_stream=self._on_stream)
         self._sessions[source] = link
         self._sources[link] = source
         self.log.debug("session %08x from %s opened", conv, source)
@@ -85,7 +123,16 @@ class KcpServer(KcpRole):
         if not self._accepting:
             bridge.close()
             return
-        self._group.spawn(self._serve_stream, bridge)
+        if self.upper is not None:
+            self._group.spawn(self._serve_upper, bridge)
+        else:
+            self._group.spawn(self._serve_stream, bridge)
+
+    def _serve_upper(self, bridge: StreamBridge) -> None:
+        try:
+            self.upper.serve_stream(bridge)  # type: ignore[union-attr]
+        finally:
+            bridge.close()
 
     def _serve_stream(self, bridge: StreamBridge) -> None:
         counters = self.counters
@@ -134,3 +181,23 @@ class KcpServer(KcpRole):
 
 def _target_text(target: Address | str) -> str:
     return f"unix {target}" if isinstance(target, str) else f"tcp {target}"
+
+
+class _FlowSession:
+    """A u2r flow the server took (sidecar.net.flows.FlowHandler): its datagrams are one client's."""
+
+    __slots__ = ("server", "key", "reply")
+
+    def __init__(self, server: KcpServer, key: tuple, reply: Callable[[bytes], None]) -> None:
+        self.server, self.key, self.reply = server, key, reply
+
+    def receive(self, data: bytes) -> None:
+        server = self.server
+        server.counters["udp_in"] += 1
+        try:
+            server.handle_datagram(data, self.key, self.reply)
+        except ProtocolError:
+            server.counters["udp_dropped"] += 1
+
+    def close(self) -> None:
+        self.server.drop_source(self.key)

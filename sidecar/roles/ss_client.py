@@ -1,4 +1,9 @@
-"""The client half of a Shadowsocks hop, shared by ss-local and ss-tunnel."""
+"""The client half of a Shadowsocks hop, shared by ss-local, ss-tunnel and ss-redir.
+
+In a chain, TCP rides a stream of the kcp-client named by `via` (the encryptor and decryptor become
+the stream's transforms: no socket between the stages) and UDP rides flows of the u2r-client named by
+`udp_via`, through the datagram FEC stage when `udp_fec` is set.
+"""
 
 import errno
 import socket
@@ -7,9 +12,12 @@ from gevent import socket as gsocket
 
 from sidecar.config import SsLocalConfig, SsRedirConfig, SsTunnelConfig
 from sidecar.errors import ProtocolError
+from sidecar.net.fec_flow import FecFlow, checked
+from sidecar.net.flows import Flow, FlowOpener, Receiver
+from sidecar.net.kcp_sockets import take_socket
 from sidecar.net.resolver import ResolvedAddress, literal_address
 from sidecar.net.sockets import connect_tcp, describe_os_error
-from sidecar.net.udp_nat import UdpNat
+from sidecar.net.udp_nat import FlowMaker, UdpNat
 from sidecar.proto.acl import DIRECT
 from sidecar.proto.socks5 import Reply
 from sidecar.proto.socks_addr import encode_addr, parse_addr
@@ -33,17 +41,21 @@ class SsClientRole(Role):
 
     def __init__(self, config: SsLocalConfig | SsTunnelConfig | SsRedirConfig) -> None:
         super().__init__(config)
-        self._server_udp = ResolvedAddress(config.server.host, config.server.port, self.log)
+        server = config.server
+        self._server_udp = ResolvedAddress(server.host, server.port, self.log) if server is not None else None
         self.acl = load_acl(config.acl) if config.acl else None
         self._direct: UdpNat | None = None  # UDP the ACL sends around the proxy
+        self.carrier = None  # the kcp-client TCP rides (`via`): has open_stream()
+        self.datagram_link: FlowOpener | None = None  # the u2r-client UDP rides (`udp_via`)
 
     def start(self) -> None:
-        if self.config.udp:
-            self._server_udp.start()
+        if self.config.udp and self.config.udp_via is None:
+            self._server_udp.start()  # type: ignore[union-attr]
         super().start()
 
     def stop_accepting(self) -> None:
-        self._server_udp.stop()
+        if self._server_udp is not None:
+            self._server_udp.stop()
         if self._direct is not None:
             self._direct.close_all()
         super().stop_accepting()
@@ -103,7 +115,64 @@ class SsClientRole(Role):
         self.relay_counted(conn, server, encryptor.encrypt, decryptor.feed,
                            f"bad data from ss-server {cfg.server} (wrong password or method?)")
 
+    def server_text(self) -> str:
+        """Where TCP and UDP go, for describe()."""
+        cfg = self.config
+        parts = [f"ss-server {cfg.server}"] if cfg.server is not None else []
+        parts += [f"{proto} over {name}" for proto, name in (("tcp", cfg.via), ("udp", cfg.udp_via)) if name]
+        if cfg.udp_fec is not None:
+            fec = cfg.udp_fec
+            parts.append(f"udp fec {fec.data}:{fec.parity}{' adaptive' if fec.adaptive else ''} "
+                         f"wait {fec.wait_s * 1000:g} ms")
+        return ", ".join(parts)
+
+    def relay_over_stream(self, conn: gsocket.socket, header: bytes, early: bytes) -> None:
+        """TCP through a stream of the kcp-client below: Shadowsocks-encrypted, with no socket in between."""
+        bridge = self.carrier.open_stream()  # type: ignore[union-attr]
+        if bridge is None:
+            self.counters["connect_failures"] += 1
+            return
+        cfg, counters = self.config, self.counters
+        encryptor, decryptor = TcpEncryptor(cfg.cipher), TcpDecryptor(cfg.cipher)
+        if not early:
+            early = _first_data(conn)
+
+        def up(data: bytes) -> bytes:
+            counters["bytes_up"] += len(data)
+            return encryptor.encrypt(data)
+
+        def down(data: bytes) -> bytes:
+            plaintext = decryptor.feed(data)
+            counters["bytes_down"] += len(plaintext)
+            return plaintext
+
+        bridge.outbound, bridge.inbound = up, down
+        counters["bytes_up"] += len(early)
+        try:
+            bridge.write(encryptor.encrypt(header + early))
+            bridge.attach(take_socket(conn))
+            bridge.done.wait()
+        finally:
+            bridge.close()
+
+    def nat_flows(self) -> FlowMaker | None:
+        return self._open_udp_flow if self.config.udp_via is not None else None
+
+    def _open_udp_flow(self, key: object, receive: Receiver) -> Flow:
+        """A client's UDP association as a flow of the u2r-client below, through FEC when configured."""
+        link = self.datagram_link
+        assert link is not None, "connected by sidecar.roles.chain"
+        params = self.config.udp_fec
+        if params is None:
+            return link.open_flow(receive)
+        box: list[Flow] = []
+        fec = FecFlow(params, lambda packet: box[0].send(packet), receive, self.counters)
+        box.append(link.open_flow(checked(fec.receive, self.counters)))
+        self.fec_flows.add(fec)
+        return _FecOverFlow(fec, box[0], self.fec_flows)
+
     def outbound_udp_socket(self, key: tuple) -> socket.socket:
+        assert self._server_udp is not None
         if self._server_udp.address is None:
             raise ProtocolError(f"ss-server {self.config.server.host} not resolved yet")
         family, address = self._server_udp.address
@@ -177,3 +246,20 @@ def _first_data(conn: gsocket.socket) -> bytes:
         return b""
     finally:
         conn.settimeout(saved)
+
+
+class _FecOverFlow:
+    """A flow seen through the FEC stage: what is sent is framed, parity included."""
+
+    __slots__ = ("fec", "flow", "open_flows")
+
+    def __init__(self, fec: FecFlow, flow: Flow, open_flows: set[FecFlow]) -> None:
+        self.fec, self.flow, self.open_flows = fec, flow, open_flows
+
+    def send(self, data: bytes | memoryview) -> None:
+        self.fec.send(data)
+
+    def close(self) -> None:
+        self.open_flows.discard(self.fec)
+        self.fec.close()
+        self.flow.close()

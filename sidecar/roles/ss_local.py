@@ -29,7 +29,7 @@ class SsLocal(SsClientRole):
     def describe(self) -> str:
         cfg = self.config
         auth = "user/password" if cfg.socks_users else "no auth"
-        return (f"{cfg.name}: SOCKS5 ({auth}) on {self.protocols()} {cfg.listen} -> ss-server {cfg.server} "
+        return (f"{cfg.name}: SOCKS5 ({auth}) on {self.protocols()} {cfg.listen} -> {self.server_text()} "
                 f"({cfg.cipher.method.name})")
 
     def handle_tcp(self, conn: socket.socket, peer: tuple) -> None:
@@ -39,6 +39,11 @@ class SsLocal(SsClientRole):
         request = shake.request
         if request.command == CMD_UDP_ASSOCIATE:
             self._hold_udp_association(conn)
+            return
+        if self.carrier is not None and not self.goes_direct(request.host):
+            bound = conn.getsockname()
+            conn.sendall(build_reply(Reply.SUCCEEDED, bound[0], bound[1]))
+            self.relay_over_stream(conn, encode_addr(request.host, request.port), shake.leftover)
             return
         try:
             upstream, direct = self.connect_upstream(request.host, request.port)

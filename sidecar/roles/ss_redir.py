@@ -45,7 +45,7 @@ class SsRedir(SsClientRole):
 
     def describe(self) -> str:
         cfg = self.config
-        return (f"{cfg.name}: transparent proxy on {self.protocols()} {cfg.listen} -> ss-server {cfg.server} "
+        return (f"{cfg.name}: transparent proxy on {self.protocols()} {cfg.listen} -> {self.server_text()} "
                 f"({cfg.cipher.method.name}); firewall rules: `sidecar rules up`")
 
     def handle_tcp(self, conn: gsocket.socket, peer: tuple) -> None:
@@ -54,6 +54,9 @@ class SsRedir(SsClientRole):
         except OSError as exc:
             self.counters["protocol_errors"] += 1
             self.log.info("no original destination for %s (not redirected?): %s", peer[0], exc)
+            return
+        if self.carrier is not None and not self.goes_direct(host):
+            self.relay_over_stream(conn, encode_addr(host, port), b"")
             return
         try:
             upstream, direct = self.connect_upstream(host, port)
@@ -107,11 +110,16 @@ class SsRedir(SsClientRole):
 
 def rules_for(cfg: SsRedirConfig, lan: str) -> RedirRules:
     """The firewall rules of an ss-redir role on `lan` (the ss-server's addresses resolved now)."""
+    if cfg.server is None:  # a chain: what leaves for the far end is the router's own traffic, not the LAN's
+        return _rules(cfg, lan, ())
     try:
         found = gsocket.getaddrinfo(cfg.server.host, cfg.server.port, 0, socket.SOCK_STREAM)
     except OSError as exc:
         raise RulesError(f"cannot resolve ss-server {cfg.server.host} for the bypass set: {exc}") from None
-    server = tuple(f"{a[4][0]}/{32 if a[0] == socket.AF_INET else 128}" for a in found)
+    return _rules(cfg, lan, tuple(f"{a[4][0]}/{32 if a[0] == socket.AF_INET else 128}" for a in found))
+
+
+def _rules(cfg: SsRedirConfig, lan: str, server: tuple[str, ...]) -> RedirRules:
     backend = detect_backend() if cfg.firewall == "auto" else cfg.firewall
     return RedirRules(cfg.listen.port, lan, server + cfg.bypass, cfg.udp, cfg.fwmark, cfg.route_table,
                       PRIVATE if cfg.bypass_private else (), backend)

@@ -16,10 +16,13 @@ class SsTunnel(SsClientRole):
 
     def describe(self) -> str:
         cfg = self.config
-        return (f"{cfg.name}: forwarding {self.protocols()} {cfg.listen} -> {cfg.tunnel} via ss-server "
-                f"{cfg.server} ({cfg.cipher.method.name})")
+        return (f"{cfg.name}: forwarding {self.protocols()} {cfg.listen} -> {cfg.tunnel} via {self.server_text()} "
+                f"({cfg.cipher.method.name})")
 
     def handle_tcp(self, conn: socket.socket, peer: tuple) -> None:
+        if self.carrier is not None:
+            self.relay_over_stream(conn, self._header, b"")
+            return
         try:
             server = self.connect_server()
         except OSError:

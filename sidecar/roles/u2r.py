@@ -6,10 +6,12 @@ stop, and rules left by a killed process are cleaned at the next start (sidecar.
 
 import logging
 import socket
+from collections.abc import Callable
 
 from sidecar.config_u2r import U2rConfig
 from sidecar.metrics import Counters
 from sidecar.net.firewall import Firewall, Pattern
+from sidecar.net.flows import Flow, FlowAcceptor, Receiver
 from sidecar.net.raw_socket import route_source
 from sidecar.net.u2r_endpoint import DRIVER_COUNTERS, U2rClientEndpoint, U2rServerEndpoint
 from sidecar.proto import u2r_client, u2r_server
@@ -28,11 +30,13 @@ class U2rRole:
         machine_counters = u2r_client.COUNTERS if config.role == "u2r-client" else u2r_server.COUNTERS
         self.counters = Counters(dict.fromkeys((*machine_counters, *DRIVER_COUNTERS)))
         self._endpoint: U2rClientEndpoint | U2rServerEndpoint | None = None
+        self.acceptors: list[FlowAcceptor] = []  # server: the stages of this process riding it
+        self.new_server_hooks: list[Callable[[], None]] = []  # client: see on_new_server
 
     def describe(self) -> str:
         cfg = self.config
-        side = (f"udp {cfg.listen} -> raw {cfg.raw_mode} {cfg.remote}" if cfg.role == "u2r-client"
-                else f"raw {cfg.raw_mode} {cfg.listen} -> udp {cfg.remote}")
+        side = (f"{_udp_side(cfg.listen)} -> raw {cfg.raw_mode} {cfg.remote}" if cfg.role == "u2r-client"
+                else f"raw {cfg.raw_mode} {cfg.listen} -> {_udp_side(cfg.remote)}")
         rules = f"firewall rules: {cfg.firewall}" if cfg.auto_rule and cfg.raw_mode != "easy-faketcp" else "no rules"
         warning = (f"; WARNING: auth_mode {cfg.auth_mode} does not authenticate, only hmac_sha1 does"
                    if cfg.weak_auth else "")
@@ -62,7 +66,8 @@ class U2rRole:
                                            source_port=cfg.source_port)
             machine.counters = self.counters
             firewall = self._firewall("client", cfg.remote.host, cfg.remote.port, machine.const_id)
-            self._endpoint = U2rClientEndpoint(machine, (cfg.listen.host, cfg.listen.port), self.log,
+            listen = (cfg.listen.host, cfg.listen.port) if cfg.listen is not None else None
+            self._endpoint = U2rClientEndpoint(machine, listen, self.log,
                                                firewall=firewall, keep_rule=cfg.keep_rule, dev=cfg.dev,
                                                sock_buf=cfg.sock_buf, follow_route=cfg.source_ip is None)
         else:
@@ -71,11 +76,32 @@ class U2rRole:
                                           cfg.listen.port)
             server.counters = self.counters
             firewall = self._firewall("server", listen_ip, cfg.listen.port, server.const_id)
-            self._endpoint = U2rServerEndpoint(server, (cfg.listen.host, cfg.listen.port),
-                                               (cfg.remote.host, cfg.remote.port), self.log, firewall=firewall,
+            target = (cfg.remote.host, cfg.remote.port) if cfg.remote is not None else None
+            self._endpoint = U2rServerEndpoint(server, (cfg.listen.host, cfg.listen.port), target, self.log,
+                                               firewall=firewall,
                                                keep_rule=cfg.keep_rule, dev=cfg.dev, sock_buf=cfg.sock_buf)
         self._endpoint.counters = self.counters
         self._endpoint.pump.counters = self.counters
+        if isinstance(self._endpoint, U2rServerEndpoint):
+            self._endpoint.acceptors = self.acceptors
+        else:
+            self._endpoint.on_new_server = self.new_server_hooks
+
+    # ---- stages of this process riding this one (sidecar.net.flows)
+
+    def open_flow(self, receive: Receiver) -> Flow:
+        assert isinstance(self._endpoint, U2rClientEndpoint), "bound u2r-client"
+        return self._endpoint.open_flow(receive)
+
+    def on_new_server(self, hook: Callable[[], None]) -> None:
+        """Call `hook` when the server answering a reconnect is a new process (its sessions are gone)."""
+        if hook not in self.new_server_hooks:
+            self.new_server_hooks.append(hook)
+
+    def carry(self, acceptor: FlowAcceptor) -> None:
+        """A server-side stage takes the flows it recognises (sidecar.config_chain checked the pairing)."""
+        if acceptor not in self.acceptors:
+            self.acceptors.append(acceptor)
 
     def start(self) -> None:
         assert self._endpoint is not None
@@ -95,3 +121,7 @@ class U2rRole:
 
     def close(self) -> None:
         self.stop_accepting()
+
+
+def _udp_side(endpoint: object) -> str:
+    return f"udp {endpoint}" if endpoint is not None else "in-process stages"

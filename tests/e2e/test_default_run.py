@@ -1,12 +1,14 @@
 """`sidecar run` with no config file: the built-in demo serves curl through our own SS pair."""
 
 import http.server
+import os
 import shutil
 import subprocess
 import sys
 import threading
+import time
 
-from tests.helpers import Process, require, wait_for_port
+from tests.helpers import Process, UdpEchoServer, require, socks5_udp_associate, udp_round_trips, wait_for_port
 
 
 def test_curl_through_the_builtin_demo(tmp_path):
@@ -28,4 +30,34 @@ def test_curl_through_the_builtin_demo(tmp_path):
         web.shutdown()
     assert demo.proc.returncode == 0
     assert "built-in demo" in log and "stopped" in log
+    assert "ss -> kcp ->" in log  # the log says which chain runs
     assert "Traceback" not in log
+
+
+def test_udp_through_the_builtin_demo(tmp_path):
+    """SOCKS5 UDP ASSOCIATE through the demo's chain (udp2raw and the datagram FEC stage when root)."""
+    echo = UdpEchoServer()
+    demo = Process([sys.executable, "-m", "sidecar", "run"], tmp_path / "demo.log")
+    try:
+        wait_for_port(1080)
+        control, relay = socks5_udp_associate(1080)
+        with control:
+            payloads = [os.urandom(n) for n in (1, 100, 1200)]
+            assert _round_trips(relay, echo.port, payloads) == payloads
+    finally:
+        log = demo.stop()
+        echo.close()
+    if os.geteuid() == 0:
+        assert "udp2raw faketcp" in log and "connected to 127.0.0.1" in log
+    assert "Traceback" not in log
+
+
+def _round_trips(relay: tuple[str, int], port: int, payloads: list[bytes]) -> list[bytes]:
+    """udp_round_trips, retried while the chain's udp2raw conn finishes its handshake."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return udp_round_trips(relay, port, payloads)
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
