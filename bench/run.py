@@ -1,4 +1,4 @@
-"""Entry point: `python -m bench [--suite ss|ss-loss|kcp|u2r|memory|all] [--rounds N]`; prints the tables
+"""Entry point: `python -m bench [--suite ss|ss-loss|kcp|u2r|memory|chain|all] [--rounds N]`; prints the tables
 and writes BENCHMARKS.md."""
 
 import argparse
@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench import game, kcp_suite, memory_suite, ss_loss_suite, ss_suite, tun_link, u2r_suite
+from bench import chain_suite, game, kcp_suite, memory_suite, ss_loss_suite, ss_suite, tun_link, u2r_suite
 from bench.plots import goodput_vs_loss, latency_cdf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,9 +117,40 @@ def memory_section(_: argparse.Namespace) -> list[str]:
     return lines + memory_suite.table(memory_suite.run()) + [""]
 
 
+def chain_section(args: argparse.Namespace) -> list[str]:
+    lossy = chain_suite.LOSSY
+    lines = ["## chain: the whole tunnel chain, one process per side against the real tools (needs root)", "",
+             "SOCKS5 -> ss-local -> kcp-client -> udp2raw client, raw faketcp through bench/wire.py, udp2raw "
+             "server -> kcp-server -> ss-server -> targets; client, wire and server in network namespaces of "
+             "their own (the targets on the server's 127.0.0.1). sidecar: one `sidecar run` per side, its stages "
+             "handing bytes by function call. real tools: ss-local and ss-server (shadowsocks-libev), "
+             f"kcptun-client and kcptun-server, and {chain_suite.udp2raw_used()} as udp2raw on both ends, six "
+             "processes joined by loopback ports. Both: chacha20-ietf-poly1305; KCP aes, fast, FEC 10/3, no "
+             "compression, default windows; udp2raw faketcp, aes128cbc + hmac_sha1. direct: the same workloads "
+             "from the client namespace to the server's address over the same wire, no proxy. Links: clean, and "
+             f"{lossy.loss * 100:.0f}% random loss with {lossy.delay_ms:.0f} ms delay each way (the wire is a "
+             "Python process and caps the clean rate). Per round and contender: one "
+             f"{args.chain_mb:g} MB download ({args.chain_mb / 4:g} MB on the lossy link), "
+             f"{args.chain_exchanges} 64-byte exchanges on one connection and {args.chain_exchanges} UDP round "
+             f"trips through SOCKS5 UDP ASSOCIATE (1 s timeout: later is lost); {args.rounds} rounds, "
+             "contenders alternated, both chains up for the whole run. Latency: p50 / p99 over all rounds, "
+             "(min-max) of the rounds' medians. Memory: every process of a contender, client and server side, "
+             "VmRSS and PSS (smaps_rollup). Reproduce: "
+             f"`sudo python -m bench --suite chain --rounds {args.rounds} --chain-mb {args.chain_mb:g} "
+             f"--chain-exchanges {args.chain_exchanges}`.", ""]
+    if os.geteuid() != 0:
+        return lines + ["(not run: needs root)", ""]
+    results = chain_suite.run(args.rounds, int(args.chain_mb * 1e6), args.chain_exchanges)
+    lines += chain_suite.table(results) + [""]
+    lossy_name = chain_suite.LINKS[-1][0]
+    series = {r.name: [t for times in r.links[lossy_name].rtt_us for t in times] for r in results}
+    plot = latency_cdf(series, f"chain: TCP 64-byte request/response, {lossy_name}", "chain-tcp-rtt-cdf.png")
+    return lines + ([f"![chain TCP latency CDF, lossy link]({plot})", ""] if plot else [])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--suite", choices=["ss", "ss-loss", "kcp", "u2r", "memory", "all"], default="all")
+    parser.add_argument("--suite", choices=["ss", "ss-loss", "kcp", "u2r", "memory", "chain", "all"], default="all")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--bulk-mb", type=int, default=200)
     parser.add_argument("--exchanges", type=int, default=2000)
@@ -129,10 +160,14 @@ def main() -> None:
     parser.add_argument("--ss-loss-exchanges", type=int, default=200)
     parser.add_argument("--kcp-mb", type=int, default=20)
     parser.add_argument("--kcp-exchanges", type=int, default=300)
+    parser.add_argument("--chain-mb", type=float, default=20.0,
+                        help="chain suite: download per round on the clean link (a quarter on the lossy one)")
+    parser.add_argument("--chain-exchanges", type=int, default=200,
+                        help="chain suite: TCP exchanges and UDP round trips per round")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args()
     sections = {"ss": ss_section, "ss-loss": ss_loss_section, "kcp": kcp_section, "u2r": u2r_section,
-                "memory": memory_section}
+                "memory": memory_section, "chain": chain_section}
     body = [line for name, section in sections.items() if args.suite in (name, "all") for line in section(args)]
     findings = (Path(__file__).with_name("findings.md")).read_text()
     text = "\n".join(["# Benchmarks", "", f"Machine: {machine()}.", "",
