@@ -11,22 +11,19 @@ namespace's address over the same wire. Both chains stay up for the whole run; r
 """
 
 import contextlib
-import ctypes
 import json
-import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from bench.impair import Impairment
+from bench.netns import in_netns, sh
 from bench.procs import bench_env, cpu_seconds, rss_kib
 from bench.targets import Targets
 from bench.u2r_suite import udp2raw_binary
@@ -44,41 +41,9 @@ U2R_FLAGS = ["--raw-mode", "faketcp", "--cipher-mode", "aes128cbc", "--auth-mode
 LOSSY = Impairment(delay_ms=30, loss=0.05)
 LINKS = [("clean", None, 1.0), ("5% loss, 30 ms each way", LOSSY, 0.25)]  # (name, impairment, bulk share)
 UDP_SIZE = 100
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 # --- namespaces ------------------------------------------------------------------------------------------
-
-def sh(*args: str, check: bool = True) -> str:
-    proc = subprocess.run(args, capture_output=True, text=True, check=False)
-    if check and proc.returncode:
-        raise RuntimeError(f"{' '.join(args)}: {proc.stderr.strip()}")
-    return proc.stdout
-
-
-def in_netns(name: str, fn: Callable[[], T]) -> T:
-    """Run `fn` in a thread that entered namespace `name`; sockets it opens stay in that namespace."""
-    result: dict[str, object] = {}
-
-    def enter() -> None:
-        fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET):
-                raise OSError(ctypes.get_errno(), "setns")
-            result["value"] = fn()
-        except BaseException as exc:  # handed to the caller's thread
-            result["error"] = exc
-        finally:
-            os.close(fd)
-
-    thread = threading.Thread(target=enter)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]  # type: ignore[misc]
-    return result["value"]  # type: ignore[return-value]
-
 
 def create_net() -> None:
     """client -- wire -- server, client and server on one /24 through the wire; no IPv6, ARP pinned."""

@@ -415,21 +415,12 @@ def main(argv: list[str] | None = None) -> None:
 
 # --- a child process for tests and benches ---------------------------------------------------------------
 
-class ImpairerProcess(subprocess.Popen):
-    """`python -m bench.impair` as a child; `stop()` sends SIGTERM and returns its counters."""
+class CountersProcess(subprocess.Popen):
+    """A bench tool as a child that writes its counters to `stats_file` on SIGTERM (impair, wire)."""
 
-    def __init__(self, args: list[str], stats_file: Path, timeout: float) -> None:
-        super().__init__(args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
-        self.stats_file = stats_file
-        self.counters: dict[str, dict[str, int]] | None = None
-        line = _readline(self.stdout, timeout)
-        if not line.startswith("listening "):
-            self.kill()
-            self.wait()
-            stats_file.unlink(missing_ok=True)
-            raise RuntimeError(f"bench.impair did not start (exit {self.returncode}): {line!r}")
-        host, port = line.split()[1:]
-        self.listen: Address = (host, int(port))
+    tool = "bench tool"
+    stats_file: Path
+    counters: dict[str, dict[str, int]] | None
 
     def stop(self, timeout: float = 10.0) -> dict[str, dict[str, int]]:
         """SIGTERM, wait, read the counters it wrote; calling it again returns the same counters."""
@@ -444,7 +435,7 @@ class ImpairerProcess(subprocess.Popen):
             text = self.stats_file.read_text() if self.stats_file.exists() else ""
             self.stats_file.unlink(missing_ok=True)
             if self.returncode != 0 or not text:
-                raise RuntimeError(f"bench.impair exited with {self.returncode} and no counters")
+                raise RuntimeError(f"{self.tool} exited with {self.returncode} and no counters")
             self.counters = json.loads(text)
         return self.counters
 
@@ -454,6 +445,24 @@ class ImpairerProcess(subprocess.Popen):
         finally:
             super().__exit__(*exc_info)
 
+
+class ImpairerProcess(CountersProcess):
+    """`python -m bench.impair` as a child; `stop()` sends SIGTERM and returns its counters."""
+
+    tool = "bench.impair"
+
+    def __init__(self, args: list[str], stats_file: Path, timeout: float) -> None:
+        super().__init__(args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+        self.stats_file = stats_file
+        self.counters: dict[str, dict[str, int]] | None = None
+        line = _readline(self.stdout, timeout)
+        if not line.startswith("listening "):
+            self.kill()
+            self.wait()
+            stats_file.unlink(missing_ok=True)
+            raise RuntimeError(f"bench.impair did not start (exit {self.returncode}): {line!r}")
+        host, port = line.split()[1:]
+        self.listen: Address = (host, int(port))
 
 def spawn_impairer(listen: Address, target: Address, *, up: Impairment | None = None,
                    down: Impairment | None = None, both: Impairment | None = None, seed: int | None = None,

@@ -34,7 +34,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from bench.impair import COUNTERS, ROOT, Channel, Impairment, impairment_args, impairments
+from bench.impair import COUNTERS, ROOT, Channel, CountersProcess, Impairment, impairment_args, impairments
 
 Counters = dict[str, dict[str, int]]
 WIRE_COUNTERS = (*COUNTERS, "dropped_oversize", "dropped_kernel", "ignored_outgoing")
@@ -313,8 +313,10 @@ def main(argv: list[str] | None = None) -> None:
 
 # --- a child process for tests and benches ---------------------------------------------------------------
 
-class WireProcess(subprocess.Popen):
+class WireProcess(CountersProcess):
     """`python -m bench.wire` as a child; `stop()` sends SIGTERM and returns its counters."""
+
+    tool = "bench.wire"
 
     def __init__(self, args: list[str], stats_file: Path, timeout: float) -> None:
         pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
@@ -330,30 +332,6 @@ class WireProcess(subprocess.Popen):
             self.stdout.close()  # type: ignore[union-attr]
             stats_file.unlink(missing_ok=True)
             raise RuntimeError(f"bench.wire did not start (exit {self.returncode}): {line!r}")
-
-    def stop(self, timeout: float = 10.0) -> Counters:
-        """SIGTERM, wait, read the counters it wrote; calling it again returns the same counters."""
-        if self.counters is None:
-            self.terminate()
-            try:
-                self.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                self.wait()
-            self.stdout.close()  # type: ignore[union-attr]
-            text = self.stats_file.read_text() if self.stats_file.exists() else ""
-            self.stats_file.unlink(missing_ok=True)
-            if self.returncode != 0 or not text:
-                raise RuntimeError(f"bench.wire exited with {self.returncode} and no counters")
-            self.counters = json.loads(text)
-        return self.counters
-
-    def __exit__(self, *exc_info: object) -> None:
-        try:
-            self.stop()
-        finally:
-            super().__exit__(*exc_info)
-
 
 def spawn_wire(netns: str, a: str, b: str, *, up: Impairment | None = None, down: Impairment | None = None,
                both: Impairment | None = None, seed: int | None = None, timeout: float = 10.0) -> WireProcess:

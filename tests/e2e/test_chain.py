@@ -164,7 +164,7 @@ def net(tmp_path_factory):
         chain_net.targets, chain_net.procs, chain_net.tmp = targets, {"server": server, "relay": relay}, tmp
         yield chain_net
     finally:
-        for proc in (server, relay):
+        for proc in (server, relay, *getattr(chain_net, "procs", {}).values()):  # a restarted server too
             if proc is not None:
                 proc.stop()
         if targets is not None:
