@@ -11,7 +11,6 @@ namespace's address over the same wire. Both chains stay up for the whole run; r
 """
 
 import contextlib
-import json
 import shutil
 import socket
 import subprocess
@@ -23,11 +22,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from bench.impair import Impairment
-from bench.netns import in_netns, sh
+from bench.netns import in_netns
 from bench.procs import bench_env, cpu_seconds, rss_kib
 from bench.targets import Targets
 from bench.u2r_suite import udp2raw_binary
-from bench.wire import WireProcess, disable_offloads, spawn_wire
+from bench.wire import WireProcess
+from bench.wire_net import LOSSY_LINKS, WireNet
 from bench.workloads import _recv_exact, median, open_path, percentile, timed_download, udp_round_trips
 
 T = TypeVar("T")
@@ -38,47 +38,12 @@ PASSWORD, KCP_KEY, U2R_KEY = "bench-pw", "bench-kcp", "bench-u2r"
 METHOD = "chacha20-ietf-poly1305"
 KCP_FLAGS = ["--crypt", "aes", "--mode", "fast", "--datashard", "10", "--parityshard", "3", "--nocomp"]
 U2R_FLAGS = ["--raw-mode", "faketcp", "--cipher-mode", "aes128cbc", "--auth-mode", "hmac_sha1", "-a"]
-LOSSY = Impairment(delay_ms=30, loss=0.05)
-LINKS = [("clean", None, 1.0), ("5% loss, 30 ms each way", LOSSY, 0.25)]  # (name, impairment, bulk share)
+LOSSY_SHARE = 0.1  # of the download size, on each lossy link
+# (name, impairment, bulk share): clean, then wire_net's loss levels with 20 ms each way
+LINKS: list[tuple[str, Impairment | None, float]] = [("clean", None, 1.0),
+                                                     *((name, link, LOSSY_SHARE) for name, link in LOSSY_LINKS)]
+NET = WireNet(CLIENT_NS, WIRE_NS, SERVER_NS, CLIENT_DEV, WIRE_C, WIRE_S, SERVER_DEV, CLIENT_IP, SERVER_IP)
 UDP_SIZE = 100
-
-
-# --- namespaces ------------------------------------------------------------------------------------------
-
-def create_net() -> None:
-    """client -- wire -- server, client and server on one /24 through the wire; no IPv6, ARP pinned."""
-    delete_net()
-    for ns in (CLIENT_NS, WIRE_NS, SERVER_NS):
-        sh("ip", "netns", "add", ns)
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-           "net.ipv6.conf.default.disable_ipv6=1")
-    sh("ip", "link", "add", CLIENT_DEV, "netns", CLIENT_NS, "type", "veth", "peer", "name", WIRE_C, "netns", WIRE_NS)
-    sh("ip", "link", "add", WIRE_S, "netns", WIRE_NS, "type", "veth", "peer", "name", SERVER_DEV, "netns", SERVER_NS)
-    ends = ((CLIENT_NS, CLIENT_DEV), (WIRE_NS, WIRE_C), (WIRE_NS, WIRE_S), (SERVER_NS, SERVER_DEV))
-    for ns, dev in ends:
-        in_netns(ns, lambda dev=dev: disable_offloads(dev))
-    for ns, dev, ip in ((CLIENT_NS, CLIENT_DEV, CLIENT_IP), (SERVER_NS, SERVER_DEV, SERVER_IP)):
-        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-    for ns, dev in ends:
-        sh("ip", "-n", ns, "link", "set", dev, "up")
-    for ns, dev, peer_ip, peer_ns, peer_dev in ((CLIENT_NS, CLIENT_DEV, SERVER_IP, SERVER_NS, SERVER_DEV),
-                                                (SERVER_NS, SERVER_DEV, CLIENT_IP, CLIENT_NS, CLIENT_DEV)):
-        mac = json.loads(sh("ip", "-n", peer_ns, "-j", "link", "show", "dev", peer_dev))[0]["address"]
-        sh("ip", "-n", ns, "neigh", "replace", peer_ip, "lladdr", mac, "dev", dev, "nud", "permanent")
-
-
-def delete_net() -> None:
-    for ns in (CLIENT_NS, WIRE_NS, SERVER_NS):
-        sh("ip", "netns", "del", ns, check=False)
-
-
-def set_link(old: WireProcess | None, impairment: Impairment | None) -> WireProcess:
-    """Replace the running wire (up = client -> server) with one impairing both ways by `impairment`."""
-    if old is not None:
-        with contextlib.suppress(RuntimeError):
-            old.stop()
-    return spawn_wire(WIRE_NS, WIRE_C, WIRE_S, both=impairment or Impairment(), seed=7)
 
 
 # --- contenders ------------------------------------------------------------------------------------------
@@ -305,7 +270,7 @@ def _start_all(chains: list[Chain], tmp: Path, targets: Targets) -> None:
 def _measure_links(chains: list[Chain], results: dict[str, ChainResult], targets: Targets, link: WireProcess,
                    rounds: int, bulk_bytes: int, count: int) -> WireProcess:
     for name, impairment, share in LINKS:
-        link = set_link(link, impairment)
+        link = NET.set_link(link, impairment)
         for chain in chains[1:]:
             in_netns(CLIENT_NS, lambda chain=chain: warm_up(chain, targets))
         size = int(bulk_bytes * share)
@@ -319,13 +284,13 @@ def _measure_links(chains: list[Chain], results: dict[str, ChainResult], targets
 
 def run(rounds: int, bulk_bytes: int, count: int) -> list[ChainResult]:
     """Both chains up side by side (raw ports 4096 and 4097), contenders alternated within each link's rounds."""
-    create_net()
+    NET.create()
     link: WireProcess | None = None
     targets: Targets | None = None
     chains: list[Chain] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            link = set_link(None, None)
+            link = NET.set_link(None, None)
             targets = Targets(prefix=["ip", "netns", "exec", SERVER_NS], bind="0.0.0.0", host="127.0.0.1")
             _start_all(chains, Path(tmp), targets)
             results = {c.name: ChainResult(c.name, c.udp, idle=c.memory_kib() if c.procs else {},
@@ -340,7 +305,7 @@ def run(rounds: int, bulk_bytes: int, count: int) -> list[ChainResult]:
         if link is not None:
             with contextlib.suppress(RuntimeError):
                 link.stop()
-        delete_net()
+        NET.delete()
 
 
 # --- tables ----------------------------------------------------------------------------------------------

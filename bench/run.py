@@ -1,5 +1,6 @@
 """Entry point: `python -m bench [--suite ss|ss-loss|kcp|u2r|memory|chain|all] [--rounds N]`; prints the tables
-and writes BENCHMARKS.md."""
+and writes BENCHMARKS.md (--output): all suites rewrite the whole file; one suite into an existing file replaces
+only that suite's "## <suite>" section and keeps every other line as it was."""
 
 import argparse
 import datetime
@@ -9,7 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench import chain_suite, game, kcp_suite, memory_suite, ss_loss_suite, ss_suite, tun_link, u2r_suite
+from bench import chain_suite, game, kcp_suite, memory_suite, ss_loss_suite, ss_suite, tun_link, u2r_suite, wire_net
 from bench.plots import goodput_vs_loss, latency_cdf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +106,21 @@ def u2r_section(args: argparse.Namespace) -> list[str]:
     if os.geteuid() != 0:
         return lines + ["(not run: needs root)", ""]
     with tempfile.TemporaryDirectory() as tmp:
-        return lines + u2r_suite.table(u2r_suite.run(Path(tmp), args.rounds)) + [""]
+        lines += u2r_suite.table(u2r_suite.run(Path(tmp), args.rounds)) + [""] + u2r_lossy_lines(args)
+        return lines + u2r_suite.lossy_table(u2r_suite.run_lossy(Path(tmp), args.rounds)) + [""]
+
+
+def u2r_lossy_lines(args: argparse.Namespace) -> list[str]:
+    losses = ", ".join(f"{loss * 100:.0f}%" for loss in wire_net.LOSSES)
+    return ["### u2r over a lossy link", "",
+            "The same contenders and namespaces with a third namespace between the two, where bench/wire.py (a "
+            f"Python L2 impairer; offloads off, ARP pinned) drops frames at random ({losses} each way) and delays "
+            f"each by {wire_net.DELAY_MS:.0f} ms each way. Per round and contender, started afresh: one echo "
+            f"awaited (the faketcp handshake done), then {u2r_suite.LOSSY_TRIPS} datagrams of 64 bytes at "
+            f"{u2r_suite.LOSSY_PPS}/s, each echoed; an echo later than 1 s counts as lost. RTT: p50 / p99 over "
+            "all rounds of those back; delivered: back within 1 s over sent, all rounds (min-max of the rounds). "
+            f"No loss-free rate on these links. {args.rounds} rounds, contenders alternated, one wire per link "
+            "(so the contenders see different drops).", ""]
 
 
 def memory_section(_: argparse.Namespace) -> list[str]:
@@ -118,7 +133,7 @@ def memory_section(_: argparse.Namespace) -> list[str]:
 
 
 def chain_section(args: argparse.Namespace) -> list[str]:
-    lossy = chain_suite.LOSSY
+    losses = ", ".join(f"{loss * 100:.0f}%" for loss in wire_net.LOSSES)
     lines = ["## chain: the whole tunnel chain, one process per side against the real tools (needs root)", "",
              "SOCKS5 -> ss-local -> kcp-client -> udp2raw client, raw faketcp through bench/wire.py, udp2raw "
              "server -> kcp-server -> ss-server -> targets; client, wire and server in network namespaces of "
@@ -127,10 +142,10 @@ def chain_section(args: argparse.Namespace) -> list[str]:
              f"kcptun-client and kcptun-server, and {chain_suite.udp2raw_used()} as udp2raw on both ends, six "
              "processes joined by loopback ports. Both: chacha20-ietf-poly1305; KCP aes, fast, FEC 10/3, no "
              "compression, default windows; udp2raw faketcp, aes128cbc + hmac_sha1. direct: the same workloads "
-             "from the client namespace to the server's address over the same wire, no proxy. Links: clean, and "
-             f"{lossy.loss * 100:.0f}% random loss with {lossy.delay_ms:.0f} ms delay each way (the wire is a "
-             "Python process and caps the clean rate). Per round and contender: one "
-             f"{args.chain_mb:g} MB download ({args.chain_mb / 4:g} MB on the lossy link), "
+             "from the client namespace to the server's address over the same wire, no proxy. Links: clean, then "
+             f"{losses} random loss with {wire_net.DELAY_MS:.0f} ms delay each way (the wire is a Python process "
+             "and caps the clean rate). Per round and contender: one "
+             f"{args.chain_mb:g} MB download ({args.chain_mb * chain_suite.LOSSY_SHARE:g} MB on each lossy link), "
              f"{args.chain_exchanges} 64-byte exchanges on one connection and {args.chain_exchanges} UDP round "
              f"trips through SOCKS5 UDP ASSOCIATE (1 s timeout: later is lost); {args.rounds} rounds, "
              "contenders alternated, both chains up for the whole run. Latency: p50 / p99 over all rounds, "
@@ -148,6 +163,42 @@ def chain_section(args: argparse.Namespace) -> list[str]:
     return lines + ([f"![chain TCP latency CDF, lossy link]({plot})", ""] if plot else [])
 
 
+SECTIONS = {"ss": ss_section, "ss-loss": ss_loss_section, "kcp": kcp_section, "u2r": u2r_section,
+            "memory": memory_section, "chain": chain_section}
+
+
+def suite_of(heading: str) -> str | None:
+    """The suite whose section a "## " heading opens ("## <suite>:" or "## <suite>"), or None."""
+    return next((name for name in SECTIONS if heading == f"## {name}" or heading.startswith(f"## {name}:")), None)
+
+
+def chunks(lines: list[str]) -> list[list[str]]:
+    """The lines before the first "## " heading, then one chunk per "## " heading, up to the next one."""
+    parts: list[list[str]] = [[]]
+    for line in lines:
+        if line.startswith("## "):
+            parts.append([])
+        parts[-1].append(line)
+    return parts
+
+
+def replace_section(text: str, suite: str, section: list[str]) -> str:
+    """`text` with `suite`'s section replaced by `section`, everything else kept byte for byte; a missing one
+    goes before the next suite's section in SECTIONS order, or before the first other "## " section."""
+    parts = chunks(text.split("\n"))
+    mine = [i for i, part in enumerate(parts) if i and suite_of(part[0]) == suite]
+    if mine:
+        kept = [part for i, part in enumerate(parts) if i not in mine[1:]]
+        kept[mine[0]] = section
+        return "\n".join(line for part in kept for line in part)
+    order = list(SECTIONS)
+    later = set(order[order.index(suite) + 1:])
+    at = next((i for i, part in enumerate(parts) if i and suite_of(part[0]) in later | {None}), len(parts))
+    if at == len(parts) and parts[-1] and parts[-1][-1]:
+        parts[-1].append("")
+    return "\n".join(line for part in [*parts[:at], section, *parts[at:]] for line in part)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--suite", choices=["ss", "ss-loss", "kcp", "u2r", "memory", "chain", "all"], default="all")
@@ -161,18 +212,20 @@ def main() -> None:
     parser.add_argument("--kcp-mb", type=int, default=20)
     parser.add_argument("--kcp-exchanges", type=int, default=300)
     parser.add_argument("--chain-mb", type=float, default=20.0,
-                        help="chain suite: download per round on the clean link (a quarter on the lossy one)")
+                        help="chain suite: download per round on the clean link (a tenth on each lossy one)")
     parser.add_argument("--chain-exchanges", type=int, default=200,
                         help="chain suite: TCP exchanges and UDP round trips per round")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args()
-    sections = {"ss": ss_section, "ss-loss": ss_loss_section, "kcp": kcp_section, "u2r": u2r_section,
-                "memory": memory_section, "chain": chain_section}
-    body = [line for name, section in sections.items() if args.suite in (name, "all") for line in section(args)]
-    findings = (Path(__file__).with_name("findings.md")).read_text()
-    text = "\n".join(["# Benchmarks", "", f"Machine: {machine()}.", "",
-                      "Measured, not asserted: each table comes from one run of the command it names.", "", *body,
-                      findings])
+    if args.suite != "all" and args.output.exists():
+        section = SECTIONS[args.suite](args)
+        text = replace_section(args.output.read_text(), args.suite, section)
+    else:
+        body = [line for name, section in SECTIONS.items() if args.suite in (name, "all") for line in section(args)]
+        findings = (Path(__file__).with_name("findings.md")).read_text()
+        text = "\n".join(["# Benchmarks", "", f"Machine: {machine()}.", "",
+                          "Measured, not asserted: each table comes from one run of the command it names.", "",
+                          *body, findings])
     print(text)
     args.output.write_text(text)
 

@@ -1,29 +1,39 @@
 """The `u2r` suite (root): UDP through sidecar's udp2raw roles between two namespaces, against direct
-UDP on the same veth and, where UDP2RAW_BIN names its binary, the real udp2raw; faketcp with
+UDP on the same link and, where UDP2RAW_BIN names its binary, the real udp2raw; faketcp with
 aes128cfb + hmac_sha1 and aes128cbc + md5.
 
     client ns: probe -> u2r-client 127.0.0.1:3333 ==raw==> server ns: u2r-server -> UDP echo 127.0.0.1:7000
     direct:    probe ------------------------------------> server ns: UDP echo 10.231.0.1:7000
+
+`run`: a plain veth between the two (round trips, then the rate blasts). `run_lossy`: the same namespaces
+with a third between them whose bench/wire.py drops and delays frames (bench/wire_net.py), paced round trips
+only.
 """
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from statistics import median
 
 from bench.procs import bench_env, cpu_seconds, rss_kib
+from bench.wire import WireProcess
+from bench.wire_net import LOSSY_LINKS, WireNet
 from bench.workloads import percentile
 
 SERVER_NS, CLIENT_NS = "bench-u2rs", "bench-u2rc"
 SERVER_IP, CLIENT_IP = "10.231.0.1", "10.231.0.2"
 CASES = [("faketcp", "aes128cfb", "hmac_sha1"), ("faketcp", "aes128cbc", "md5")]
 PROBE_TRIPS, PROBE_RATES = 2000, ""  # "": the probe's own rate list; a smoke run may shrink both
+LOSSY_TRIPS, LOSSY_PPS = 300, 50  # paced round trips per round on each lossy link; an echo after 1 s is lost
+# run_lossy: the same namespaces, names and addresses, with a wire namespace between them
+NET = WireNet(CLIENT_NS, "bench-u2rw", SERVER_NS, "bu2rc", "bu2rwc", "bu2rws", "bu2rs", CLIENT_IP, SERVER_IP)
 
 
 @dataclass
@@ -35,6 +45,15 @@ class U2rResult:
     cpu_s: float = 0.0
     blast_cpu_s: float = 0.0  # during the rate blasts only
     echoed_bytes: int = 0  # blast payload that came back, so crossed the tunnel twice
+
+
+@dataclass
+class LossyResult:
+    link: str
+    name: str
+    rtt_us: list[float] = field(default_factory=list)  # round trips back within 1 s, all rounds
+    delivered: list[float] = field(default_factory=list)  # fraction back within 1 s, per round
+    sent: int = 0
 
 
 @dataclass(frozen=True)
@@ -63,7 +82,7 @@ def create() -> None:
 
 
 def delete() -> None:
-    for name in (SERVER_NS, CLIENT_NS):
+    for name in (SERVER_NS, CLIENT_NS, NET.wire_ns):
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
@@ -78,8 +97,10 @@ def _echo(ns: str, bind: str) -> subprocess.Popen:
     return _in(ns, sys.executable, "-c", code)
 
 
-def _probe(host: str, port: int, phase: str) -> dict:
-    args = [host, str(port), phase, str(PROBE_TRIPS), *([PROBE_RATES] if PROBE_RATES else [])]
+def _probe(host: str, port: int, phase: str, trips: int = PROBE_TRIPS, extra: str = "") -> dict:
+    """Run bench.u2r_probe in the client namespace; `extra`: its rate list (rates) or datagrams/s (paced)."""
+    extra = extra or (PROBE_RATES if phase == "rates" else "")
+    args = [host, str(port), phase, str(trips), *([extra] if extra else [])]
     out = subprocess.run(["ip", "netns", "exec", CLIENT_NS, sys.executable, "-m", "bench.u2r_probe", *args],
                          capture_output=True, text=True, check=True, timeout=300, env=bench_env())
     return json.loads(out.stdout)
@@ -136,11 +157,22 @@ def _cpu(procs: list[subprocess.Popen]) -> float:
     return sum(cpu_seconds(p.pid) for p in procs)
 
 
-def _measure(tunnel: Tunnel, r: U2rResult, tmp: Path) -> None:
+@contextlib.contextmanager
+def _running(tunnel: Tunnel, tmp: Path) -> Iterator[list[subprocess.Popen]]:
+    """The contender's processes, started afresh and stopped on the way out."""
     procs = tunnel.start(tmp)
     try:
         if any(p.poll() is not None for p in procs):
             raise RuntimeError(f"{tunnel.name}: a process exited at start")
+        yield procs
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(15)
+
+
+def _measure(tunnel: Tunnel, r: U2rResult, tmp: Path) -> None:
+    with _running(tunnel, tmp) as procs:
         start = _cpu(procs)
         r.rtt_us += _probe(tunnel.host, tunnel.port, "rtt")["rtt_us"]
         blasts_start = _cpu(procs)
@@ -152,28 +184,68 @@ def _measure(tunnel: Tunnel, r: U2rResult, tmp: Path) -> None:
         r.blast_cpu_s += end - blasts_start
         r.echoed_bytes += report["echoed_bytes"]
         r.rss_kib = max(r.rss_kib, sum(rss_kib(p.pid) for p in procs))
+
+
+def _measure_lossy(tunnel: Tunnel, r: LossyResult, tmp: Path) -> None:
+    with _running(tunnel, tmp):
+        report = _probe(tunnel.host, tunnel.port, "paced", LOSSY_TRIPS, str(LOSSY_PPS))
+    if report["warm_s"] < 0:
+        print(f"u2r: {tunnel.name}, {r.link}: nothing came back before the paced trips", file=sys.stderr)
+    r.rtt_us += report["rtt_us"]
+    r.sent += report["sent"]
+    r.delivered.append(len(report["rtt_us"]) / max(report["sent"], 1))
+
+
+@contextlib.contextmanager
+def _echoes() -> Iterator[None]:
+    """UDP echoes on the server namespace's 127.0.0.1 (behind the tunnels) and SERVER_IP (direct)."""
+    echoes = [_echo(SERVER_NS, "127.0.0.1"), _echo(SERVER_NS, SERVER_IP)]
+    try:
+        time.sleep(0.5)
+        yield
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            proc.wait(15)
+        for proc in echoes:
+            proc.kill()
+            proc.wait()
 
 
 def run(tmp: Path, rounds: int = 1) -> list[U2rResult]:
     """Rounds alternate the contenders (A B C A B C ...); each is started afresh per round, alone on the link."""
     create()
-    echoes = [_echo(SERVER_NS, "127.0.0.1"), _echo(SERVER_NS, SERVER_IP)]
     contenders = tunnels()
     results = {t.name: U2rResult(t.name) for t in contenders}
     try:
-        time.sleep(0.5)
-        for _ in range(rounds):
-            for tunnel in contenders:
-                _measure(tunnel, results[tunnel.name], tmp)
+        with _echoes():
+            for _ in range(rounds):
+                for tunnel in contenders:
+                    _measure(tunnel, results[tunnel.name], tmp)
         return list(results.values())
     finally:
-        for proc in echoes:
-            proc.kill()
         delete()
+
+
+def run_lossy(tmp: Path, rounds: int = 1) -> list[LossyResult]:
+    """Per link of LOSSY_LINKS, rounds alternate the contenders, each started afresh per round; the paced
+    round trips only (a loss-free rate means nothing on a lossy link)."""
+    NET.create()
+    link: WireProcess | None = None
+    contenders = tunnels()
+    results: list[LossyResult] = []
+    try:
+        with _echoes():
+            for name, impairment in LOSSY_LINKS:
+                link = NET.set_link(link, impairment)
+                by_name = {t.name: LossyResult(name, t.name) for t in contenders}
+                for _ in range(rounds):
+                    for tunnel in contenders:
+                        _measure_lossy(tunnel, by_name[tunnel.name], tmp)
+                results += by_name.values()
+        return results
+    finally:
+        if link is not None:
+            with contextlib.suppress(RuntimeError):
+                link.stop()
+        NET.delete()
 
 
 def loss_free(rates: dict[str, list[float]]) -> str:
@@ -198,4 +270,16 @@ def table(results: list[U2rResult]) -> list[str]:
     binary, why = udp2raw_binary()
     if not binary:
         lines.append(f"| real udp2raw | {why} | - | - | - | - | - |")
+    return lines
+
+
+def lossy_table(results: list[LossyResult]) -> list[str]:
+    lines = ["| link | contender | RTT p50 / p99 ms | delivered within 1 s, all rounds (min-max of rounds) |",
+             "|---|---|---|---|"]
+    for r in results:
+        back = len(r.rtt_us)
+        rtt = (f"{percentile(r.rtt_us, 50) / 1000:.1f} / {percentile(r.rtt_us, 99) / 1000:.1f}"
+               if r.rtt_us else "-")
+        lines.append(f"| {r.link} | {r.name} | {rtt} | {100 * back / max(r.sent, 1):.1f}% ({back}/{r.sent}; "
+                     f"{100 * min(r.delivered):.1f}-{100 * max(r.delivered):.1f}%) |")
     return lines
