@@ -268,13 +268,15 @@ def test_an_idle_client_is_forgotten_and_mapped_afresh() -> None:
 
 
 def test_counters_add_up_in_both_directions() -> None:
-    up = Impairment(delay_ms=2, jitter_ms=1, loss=0.1, dup=0.1, reorder=0.1, rate_mbit=20, queue_packets=20)
-    down = dataclasses.replace(up, rate_mbit=5)  # narrower than up, so its queue overflows too
+    # 4 Mbit/s serves 2.5 packets of 200 bytes per ms: the queue overflows even if a loaded machine sends
+    # at a fifth of the nominal 20 per ms; down is narrower than up, so its queue overflows too.
+    up = Impairment(delay_ms=2, jitter_ms=1, loss=0.1, dup=0.1, reorder=0.1, rate_mbit=4, queue_packets=20)
+    down = dataclasses.replace(up, rate_mbit=1)
     with peer() as echo, impairer(echo.address, up=up, down=down, seed=11) as link, client() as sock:
-        send_numbered(sock, link.listen, 500, size=200, per_ms=20)
-        replies = count_replies(sock, lambda: drained(link, 500) and echoed(link))
+        send_numbered(sock, link.listen, 1000, size=200, per_ms=20)
+        replies = count_replies(sock, lambda: drained(link, 1000) and echoed(link))
         up, down = link.counters["up"], link.counters["down"]
-    assert up["received"] == 500
+    assert up["received"] == 1000
     assert all(balanced(direction) for direction in (up, down))
     assert len(echo.arrivals) == up["forwarded"] == down["received"]
     assert replies == down["forwarded"]
