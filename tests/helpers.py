@@ -21,12 +21,13 @@ from sidecar.proto.socks_addr import encode_addr, parse_addr
 IN_CI = os.environ.get("CI") == "true"
 
 
-def require(condition: bool, reason: str) -> None:
-    """Skip with a reason on a laptop; under CI=true a missing prerequisite is a failure."""
+def require(condition: bool, reason: str, *, module: bool = False) -> None:
+    """Skip with a reason on a laptop; under CI=true a missing prerequisite is a failure. `module`: called
+    at a test module's top level (skips or fails the whole module)."""
     if not condition:
         if IN_CI:
-            pytest.fail(f"required in CI: {reason}")
-        pytest.skip(reason)
+            pytest.fail(f"required in CI: {reason}", pytrace=False)
+        pytest.skip(reason, allow_module_level=module)
 
 
 def require_binary(name: str) -> str:

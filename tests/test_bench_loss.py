@@ -1,5 +1,6 @@
 """bench: the TUN link's packet loop, the goodput plot and the new table rows (no root, no contenders)."""
 
+import importlib.util
 import socket
 import threading
 import time
@@ -11,6 +12,7 @@ import pytest
 from bench import kcp_suite, plots, ss_loss_suite, u2r_suite
 from bench.impair import Impairment
 from bench.tun_link import Link
+from tests.helpers import require
 
 
 @contextmanager
@@ -53,7 +55,8 @@ def test_link_drops_at_full_loss() -> None:
 
 
 def test_goodput_plot_is_written(tmp_path, monkeypatch) -> None:
-    pytest.importorskip("matplotlib")
+    require(importlib.util.find_spec("matplotlib") is not None,
+            "matplotlib (the bench extra) is not installed: pip install '.[bench]'")
     monkeypatch.setattr(plots, "PLOT_DIR", tmp_path)
     series = {"a": {0.0: [10.0, 12.0], 0.05: [1.0]}, "b": {0.0: [8.0], 0.05: [0.5, 0.7]}}
     assert plots.goodput_vs_loss(series, "t", "g.png") == "bench/plots/g.png"

@@ -36,8 +36,6 @@ LOSSY = Impairment(delay_ms=30, loss=0.05)
 FEC_WAIT_MS = 20
 RESULTS = Path(os.environ.get("SIDECAR_CHAIN_RESULTS", "/tmp/sidecar-chain-results.json"))
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="network namespaces are Linux-only")
-
 
 def client_config(remote: str, control: Path) -> str:
     return f"""
@@ -152,6 +150,7 @@ def record(key: str, value: object) -> None:
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
+    require(sys.platform == "linux", "network namespaces are Linux-only")
     require(os.geteuid() == 0, "needs root for network namespaces and raw sockets")
     tmp = tmp_path_factory.mktemp("chain")
     chain_net = ChainNet(f"t{os.getpid() % 10000}")

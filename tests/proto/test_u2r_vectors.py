@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -41,6 +40,7 @@ from sidecar.proto.u2r_frame import (
     build_heartbeat,
     parse_packet,
 )
+from tests.helpers import require
 
 VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "udp2raw"
 CAPTURES = [
@@ -53,10 +53,7 @@ CAPTURES = [
     "faketcp_aes128cbc_md5_spaced_key",
 ]
 
-if not VECTORS.is_dir():
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"udp2raw capture vectors missing: {VECTORS}", pytrace=False)
-    pytest.skip(f"udp2raw capture vectors not found at {VECTORS}", allow_module_level=True)
+require(VECTORS.is_dir(), f"udp2raw capture vectors not found at {VECTORS}", module=True)
 
 LINKTYPE_RAW = 101
 
