@@ -23,12 +23,12 @@ from typing import TypeVar
 
 from bench.impair import Impairment
 from bench.netns import in_netns
-from bench.procs import bench_env, cpu_seconds, rss_kib
+from bench.procs import bench_env, cpu_seconds, rss_kib, stop_processes
 from bench.targets import Targets
 from bench.u2r_suite import udp2raw_binary
 from bench.wire import WireProcess
 from bench.wire_net import LOSSY_LINKS, WireNet
-from bench.workloads import _recv_exact, median, open_path, percentile, timed_download, udp_round_trips
+from bench.workloads import _recv_exact, median, open_path, percentile, timed_download, timed_exchanges, udp_round_trips
 
 T = TypeVar("T")
 CLIENT_NS, WIRE_NS, SERVER_NS = "bchain-client", "bchain-wire", "bchain-server"
@@ -82,14 +82,7 @@ class Chain:
         return "\n".join(f"--- {log.name}\n{log.read_text()[-1500:]}" for log in self.logs if log.exists())
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs[::-1])
 
 
 def pss_kib(pid: int) -> int:
@@ -213,14 +206,8 @@ def _host(chain: Chain, targets: Targets) -> str:
 
 def _exchanges(chain: Chain, targets: Targets, count: int) -> list[float]:
     """Round trips (µs) of `count` 64-byte exchanges on one connection through the chain (or direct)."""
-    times = []
     with open_path(chain.socks_port, targets.echo, _host(chain, targets)) as sock:
-        for _ in range(count):
-            start = time.perf_counter()
-            sock.sendall(b"q" * 64)
-            _recv_exact(sock, 64)
-            times.append((time.perf_counter() - start) * 1e6)
-    return times
+        return timed_exchanges(sock, count)
 
 
 def _direct_udp(count: int, port: int) -> list[float]:

@@ -347,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="seed the random draws, for reproducible runs")
     parser.add_argument("--stats-file", type=Path, help="write the counters here (JSON) on SIGTERM")
     parser.add_argument("--nat-timeout-s", type=float, default=60.0)
+    add_impairment_options(parser)
+    return parser
+
+
+def add_impairment_options(parser: argparse.ArgumentParser) -> None:
+    """--OPTION for both directions, --up-OPTION and --down-OPTION for one (bench.impair's and bench.wire's)."""
     group = parser.add_argument_group(
         "impairments", "Each applies to both directions; --up-OPTION and --down-OPTION (not listed) set one "
         "direction and win over the shared value. See Impairment in bench/impair.py.")
@@ -361,7 +367,6 @@ def build_parser() -> argparse.ArgumentParser:
             else:
                 kwargs.update(type=spec.type, metavar=spec.type.__name__.upper())
             group.add_argument(f"--{prefix}{_option(spec.name)}", **kwargs)
-    return parser
 
 
 def impairments(args: argparse.Namespace) -> tuple[Impairment, Impairment]:

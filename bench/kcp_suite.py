@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from bench.impair import Impairment, spawn_impairer
 from bench.procs import Contender, free_port, spawn, wait_for_port
 from bench.targets import Targets
-from bench.workloads import _recv_exact, median, percentile, timed_download
+from bench.workloads import median, percentile, timed_download, timed_exchanges
 
 KEY = "bench-key"
 LOSSES = (0.0, 0.01, 0.02, 0.05, 0.10)  # each with 20 ms each way; 0, 1, 5 and 10% make the goodput plot
@@ -68,14 +68,8 @@ def download(port: int, size: int) -> float:
 
 
 def exchanges(port: int, count: int) -> list[float]:
-    times = []
     with _open(port, b"E") as sock:
-        for _ in range(count):
-            start = time.perf_counter()
-            sock.sendall(b"q" * 64)
-            _recv_exact(sock, 64)
-            times.append((time.perf_counter() - start) * 1e6)
-    return times
+        return timed_exchanges(sock, count)
 
 
 def _measure_round(contender: Contender, r: KcpResult, size: int, count: int) -> None:

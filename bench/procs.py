@@ -61,13 +61,7 @@ class Contender:
         return sum(cpu_seconds(pid) for pid in self.pids)
 
     def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(self.procs)
 
 
 ROOT = str(Path(__file__).resolve().parents[1])
@@ -109,3 +103,15 @@ def ss_pair_at(name: str, method: str, server_port: int, client_to_port: int,
                                 *common]))
     wait_for_port(socks_port)
     return Contender(name, socks_port, procs)
+
+
+def stop_processes(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM to each, in order, then wait for each (SIGKILL after 10 s)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

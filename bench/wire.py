@@ -30,11 +30,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from bench.impair import COUNTERS, ROOT, Channel, CountersProcess, Impairment, impairment_args, impairments
+from bench.impair import (
+    COUNTERS,
+    ROOT,
+    Channel,
+    CountersProcess,
+    Impairment,
+    add_impairment_options,
+    impairment_args,
+    impairments,
+)
 
 Counters = dict[str, dict[str, int]]
 WIRE_COUNTERS = (*COUNTERS, "dropped_oversize", "dropped_kernel", "ignored_outgoing")
@@ -267,26 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--b", required=True, metavar="IF", help="the other interface (down = b -> a)")
     parser.add_argument("--seed", type=int, help="seed the random draws, for reproducible runs")
     parser.add_argument("--stats", type=Path, metavar="FILE", help="write the counters here (JSON) on SIGTERM")
-    _add_impairment_options(parser)
+    add_impairment_options(parser)
     return parser
-
-
-def _add_impairment_options(parser: argparse.ArgumentParser) -> None:
-    """bench.impair's options: --OPTION for both directions, --up-OPTION and --down-OPTION for one."""
-    group = parser.add_argument_group(
-        "impairments", "Each applies to both directions; --up-OPTION and --down-OPTION (not listed) set one "
-        "direction and win over the shared value. See Impairment in bench/impair.py.")
-    for prefix in ("", "up-", "down-"):
-        for spec in fields(Impairment):
-            kwargs: dict[str, Any] = {"default": None,
-                                      "help": argparse.SUPPRESS if prefix else f"default: {spec.default}"}
-            if spec.type is bool:
-                kwargs["action"] = argparse.BooleanOptionalAction
-            elif spec.name == "jitter_dist":
-                kwargs["choices"] = ("uniform", "normal")
-            else:
-                kwargs.update(type=spec.type, metavar=spec.type.__name__.upper())
-            group.add_argument(f"--{prefix}{spec.name.replace('_', '-')}", **kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:

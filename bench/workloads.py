@@ -54,14 +54,19 @@ def timed_download(sock: socket.socket, size: int) -> float:
 
 def request_response(socks_port: int | None, targets: Targets, count: int, size: int = 64) -> list[float]:
     """Round-trip times in microseconds of `count` request/response exchanges of `size` bytes."""
+    with open_path(socks_port, targets.echo, targets.host) as sock:
+        return timed_exchanges(sock, count, size)
+
+
+def timed_exchanges(sock: socket.socket, count: int, size: int = 64) -> list[float]:
+    """Round-trip times in microseconds of `count` exchanges of `size` bytes on an echoing connection."""
     message = b"q" * size
     times = []
-    with open_path(socks_port, targets.echo, targets.host) as sock:
-        for _ in range(count):
-            start = time.perf_counter()
-            sock.sendall(message)
-            _recv_exact(sock, size)
-            times.append((time.perf_counter() - start) * 1e6)
+    for _ in range(count):
+        start = time.perf_counter()
+        sock.sendall(message)
+        _recv_exact(sock, size)
+        times.append((time.perf_counter() - start) * 1e6)
     return times
 
 
