@@ -15,12 +15,15 @@ would otherwise need when the table leaves it out (a kcp-client's `localaddr`, a
 """
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar.config_kcp import KcpClientConfig, KcpServerConfig
 from sidecar.config_reader import Section
 from sidecar.config_u2r import U2rConfig
 from sidecar.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sidecar.config import Endpoint
 
 CLIENT_SS = ("ss-local", "ss-tunnel", "ss-redir")
 # (rider role, its key) -> (the role it may name, what to say when it names another kind)
@@ -47,8 +50,8 @@ class RelayConfig:
     role: str
     path: str
     name: str
-    listen: Any  # sidecar.config.Endpoint | None
-    remote: Any
+    listen: "Endpoint | None"
+    remote: "Endpoint | None"
     source: str | None
     sink: str | None
     timeout_s: float

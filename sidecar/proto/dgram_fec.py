@@ -111,6 +111,14 @@ def parse_header(packet: Buffer) -> Header:
     return Header(kind, word & SEQ_MASK, index, count, parity, feedback)
 
 
+def data_payload(packet: Buffer) -> Buffer | None:
+    """The payload of a data packet, None for a parity packet (which cannot be read alone); ProtocolError
+    for junk. Lets a stage check the first packet of a flow without touching a decoder's state."""
+    if parse_header(packet).kind != KIND_DATA:
+        return None
+    return memoryview(packet)[HEADER_SIZE:]
+
+
 def quantize_loss(loss: float) -> int:
     """A loss fraction in 1/255 units, clamped to 0..255 (NaN counts as 0)."""
     if not loss > 0.0:

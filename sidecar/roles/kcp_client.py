@@ -84,7 +84,7 @@ class KcpClient(KcpRole):
         self._turn += 1
         link = self._current(index)
         if link is None and self.lower is not None:
-            link = self._slots[index] = self._dial_flow(int.from_bytes(os.urandom(4), "little"))
+            link = self._slots[index] = self._dial_flow()
         elif link is None:
             address = self._resolve()  # may switch greenlets: another connection may fill the slot
             link = self._current(index)
@@ -114,28 +114,27 @@ class KcpClient(KcpRole):
 
     def _dial(self, family: int, address: tuple) -> KcpLink | None:
         cfg = self.config
-        conv = int.from_bytes(os.urandom(4), "little")
         try:
             sock = dial_udp(family, address, cfg.sockbuf, cfg.dscp)
         except OSError as exc:
             self.counters["connect_failures"] += 1
             self.log.warning("cannot open a session to %s: %s", cfg.remote, describe_os_error(exc))
             return None
-        link = self.new_link(conv, sock.send, client=True)
+        link = self.new_link(_new_conv(), sock.send, client=True)
         watcher = link.loop.io(sock.fileno(), _READ)
         watcher.start(self._on_readable, link, sock)
         self._sockets[link] = (sock, watcher)
         self.log.debug("session %08x to %s opened", link.conv, cfg.remote)
         return link
 
-    def _dial_flow(self, conv: int) -> KcpLink:
+    def _dial_flow(self) -> KcpLink:
         """A session whose datagrams ride a flow of the u2r-client below (one udp2raw conv)."""
         box: list[KcpLink] = []
         flow = self.lower.open_flow(lambda packet: self._flow_in(box[0], packet))  # type: ignore[union-attr]
-        link = self.new_link(conv, flow.send, client=True)
+        link = self.new_link(_new_conv(), flow.send, client=True)
         box.append(link)
         self._flows[link] = flow
-        self.log.debug("session %08x over %s opened", conv, self.config.via)
+        self.log.debug("session %08x over %s opened", link.conv, self.config.via)
         return link
 
     def server_restarted(self) -> None:
@@ -193,3 +192,7 @@ class KcpClient(KcpRole):
     def close(self) -> None:
         self.stop_accepting()
         self.close_links()
+
+
+def _new_conv() -> int:
+    return int.from_bytes(os.urandom(4), "little")

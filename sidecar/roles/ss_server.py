@@ -193,23 +193,15 @@ class SsServer(Role):
         """A flow is ours when its first datagram decrypts with our key (the replay filter is left alone)."""
         params = self.config.udp_fec
         try:
-            packet = first
-            if params is not None:
-                if dgram_fec.parse_header(first).kind != dgram_fec.KIND_DATA:
-                    return None
-                packet = first[dgram_fec.HEADER_SIZE:]
-            decrypt_udp(self.config.cipher, packet)
+            packet = first if params is None else dgram_fec.data_payload(first)
+            if packet is None:
+                return None
+            decrypt_udp(self.config.cipher, bytes(packet))
         except ProtocolError:
             return None
         self._flow_keys += 1
-        key = ("in-process", self._flow_keys)
-        flow = _UdpFlow(self, key)
-        send = reply
-        if params is not None:
-            flow.fec = FecFlow(params, reply, flow.datagram, self.counters)
-            self.fec_flows.add(flow.fec)
-            send = flow.fec.send
-        self._flow_replies[key] = send
+        flow = _UdpFlow(self, ("in-process", self._flow_keys), params, reply)
+        self._flow_replies[flow.key] = flow.send
         return flow
 
     def end_flow(self, key: tuple) -> None:
@@ -286,20 +278,18 @@ class SsServer(Role):
 class _UdpFlow:
     """A u2r flow the ss-server took (sidecar.net.flows.FlowHandler): one client's UDP, FEC first if set."""
 
-    __slots__ = ("server", "key", "fec", "_guarded")
+    __slots__ = ("server", "key", "fec", "receive", "send")
 
-    def __init__(self, server: SsServer, key: tuple) -> None:
+    def __init__(self, server: SsServer, key: tuple, params: dgram_fec.FecParams | None,
+                 reply: Callable[[bytes], None]) -> None:
         self.server, self.key = server, key
         self.fec: FecFlow | None = None
-        self._guarded: Callable[[bytes], None] | None = None
-
-    def receive(self, packet: bytes) -> None:
-        if self.fec is None:
-            self.datagram(packet)
-            return
-        if self._guarded is None:
-            self._guarded = checked(self.fec.receive, self.server.counters)
-        self._guarded(packet)
+        self.receive: Callable[[bytes], None] = self.datagram  # a packet from the link
+        self.send: Callable[[bytes], None] = reply  # a reply to the client
+        if params is not None:
+            self.fec = FecFlow(params, reply, self.datagram, server.counters)
+            server.fec_flows.add(self.fec)
+            self.receive, self.send = checked(self.fec.receive, server.counters), self.fec.send
 
     def datagram(self, data: bytes) -> None:
         server = self.server
