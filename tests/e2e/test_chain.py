@@ -348,7 +348,9 @@ def sidecar_pid(proc: Process) -> int:
 @BOTH_PATHS
 def test_stages_talk_by_function_call(net, client):
     """The client process holds the SOCKS listeners, raw sockets and (in faketcp) the reserved port, but no
-    socket that would join two of its stages: nothing connected to or bound on loopback besides the fronts."""
+    socket that would join two of its stages: nothing connected to or bound on loopback besides the fronts.
+    On a clean wire: this test is about sockets, and must not inherit the previous test's lossy link."""
+    net.impair()
     echo = net.targets.echo
     sock = in_client(net, lambda: socks5_connect(SOCKS, "127.0.0.1", echo))
     with sock:
